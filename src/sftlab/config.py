@@ -1,0 +1,231 @@
+"""Typed configuration: one small model per stage, composed into `RunConfig`.
+
+A config is YAML plus `a.b=c` overrides. Unknown keys, wrong types and impossible values are all
+reported at once, each with the YAML line it came from, before any model or data is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sftlab.core.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    name: str = "default"
+    """`default` (the embedded SmolLM2-135M-Instruct), a local model folder, a .gguf file, or a hub id."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Storage dtype of frozen weights. auto: bf16 for LoRA where bf16 is fast, else fp32."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    """Load .bin/.pt weights (pickle can run code). Off: only safetensors and GGUF load."""
+
+
+class SourceConfig(Strict):
+    path: str
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"] = "auto"
+    ratio: float | None = Field(default=None, gt=0)
+    """Take ratio x (rows in the file); above 1 repeats rows."""
+    rows: int | None = Field(default=None, gt=0)
+    """Take exactly this many rows (repeating if the file has fewer)."""
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _one_size(self) -> SourceConfig:
+        if self.ratio is not None and self.rows is not None:
+            raise ValueError("give either ratio or rows, not both")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.path).name
+
+
+class DataConfig(Strict):
+    sources: list[SourceConfig] = Field(min_length=1)
+    eval_fraction: float = Field(default=0.05, ge=0, lt=1)
+    eval_rows: int | None = Field(default=None, ge=0)
+    """Rows held out for eval loss (overrides eval_fraction)."""
+    seed: int = 0
+
+
+class TemplateConfig(Strict):
+    chat_template: str = "auto"
+    """auto: the model's own template (error if it has none); chatml: the built-in ChatML; or a .jinja path."""
+    system_prompt: str | None = None
+    """Used for conversations without a system message, in training and at inference alike."""
+    mask: Literal["assistant", "last_assistant", "all"] = "assistant"
+    max_length: int = Field(default=1024, gt=0)
+    truncation: Literal["drop", "turns"] = "turns"
+    """Over-long rows: drop them, or cut at the last turn boundary that fits."""
+    end_of_turn: str | None = None
+    """Override the end-of-turn token detected from the template."""
+
+
+class PackConfig(Strict):
+    enabled: bool = True
+    """Best-fit-decreasing packing into rows of template.max_length; off: one example per row."""
+
+
+class LoraConfig(Strict):
+    r: int = Field(default=16, gt=0)
+    alpha: float = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainConfig(Strict):
+    method: Literal["lora", "full"] = "lora"
+    lr: float | None = Field(default=None, gt=0)
+    """Peak learning rate. None: 2e-4 for LoRA, 2e-5 for full fine-tuning."""
+    epochs: float = Field(default=3, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    batch_tokens: int = Field(default=4096, gt=0)
+    """Token budget of one micro-batch (rows x row length)."""
+    grad_accum: int = Field(default=1, gt=0)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    eval_every: int | None = Field(default=None, gt=0)
+    """Steps between eval-loss passes; None: at the end of each epoch."""
+    log_every: int = Field(default=1, gt=0)
+    compile: bool = False
+    gradient_checkpointing: bool = False
+
+    def peak_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 2e-4 if self.method == "lora" else 2e-5
+
+
+class ExportConfig(Strict):
+    merged: bool = False
+    """Also write a merged model (safetensors + tokenizer + chat template) to RUN/merged."""
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    output_dir: str | None = None
+    """Run directory; default runs/<name>."""
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    template: TemplateConfig = TemplateConfig()
+    pack: PackConfig = PackConfig()
+    lora: LoraConfig = LoraConfig()
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or Path("runs") / self.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML text -> dict (remembering each key's line) -> overrides -> validated RunConfig
+
+
+def _key_lines(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map each key path (('train', 'lr'), ('data', 'sources', 0, 'path')) to its 1-based line."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key_path = (*path, key_node.value)
+            out[key_path] = key_node.start_mark.line + 1
+            _key_lines(value_node, key_path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[(*path, i)] = item.start_mark.line + 1
+            _key_lines(item, (*path, i), out)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=1e-4' -> (['train', 'lr'], 0.0001). Values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError([f"override {text!r}: expected key=value, e.g. train.lr=1e-4"])
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"override {text!r}: value is not valid YAML ({exc})"]) from None
+    return key.strip().split("."), value
+
+
+def _apply_override(tree: dict, keys: list[str], value: Any) -> None:
+    node = tree
+    for key in keys[:-1]:
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError([f"override {'.'.join(keys)}: {key!r} is not a section"])
+        node = node.setdefault(key, {})
+    if isinstance(node, list) and keys[-1].isdigit():
+        node[int(keys[-1])] = value
+    else:
+        node[keys[-1]] = value
+
+
+def _describe(loc: tuple, msg: str, lines: dict[tuple, int], source: str) -> str:
+    dotted = ".".join(str(part) for part in loc) or "(top level)"
+    line = None
+    for cut in range(len(loc), 0, -1):  # the deepest key that exists in the file
+        line = lines.get(tuple(loc[:cut]))
+        if line:
+            break
+    where = f"{source}:{line}: " if line else f"{source}: "
+    return f"{where}{dotted}: {msg}"
+
+
+def validate(tree: dict, lines: dict[tuple, int] | None = None, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            if err["type"] != "extra_forbidden" and "input" in err and not isinstance(
+                err["input"], dict | list
+            ):
+                msg += f" (got {err['input']!r})"
+            problems.append(_describe(err["loc"], msg, lines or {}, source))
+        raise ConfigError(problems, source) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
+    """Read YAML (or start from `base`), apply overrides, validate everything, report all problems."""
+    tree: dict = dict(base or {})
+    lines: dict[tuple, int] = {}
+    source = str(path) if path else "config"
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            node = yaml.compose(text)
+            tree = yaml.safe_load(text) or {}
+        except FileNotFoundError:
+            raise ConfigError([f"file not found: {path}"], source) from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"not valid YAML: {exc}"], source) from None
+        if not isinstance(tree, dict):
+            raise ConfigError(["expected a mapping of sections (model:, data:, train:, ...)"], source)
+        lines = _key_lines(node) if node is not None else {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(tree, keys, value)
+    return validate(tree, lines, source)
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,1 @@
+"""Types, errors and hashing shared by every stage."""
