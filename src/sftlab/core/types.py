@@ -74,6 +74,7 @@ class TokenizedExample:
     input_ids: np.ndarray  # int32 [T]
     labels: np.ndarray  # int32 [T]
     source: RowRef | None = None
+    turn_ends: tuple[int, ...] = ()  # token offsets where an assistant turn ends (safe cut points)
     truncated: bool = False
 
     def __len__(self) -> int:

