@@ -6,6 +6,7 @@ that says how to pick the built-in ChatML explicitly (never a silent fallback).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sftlab.config import TemplateConfig
@@ -89,14 +90,26 @@ def renders_tool_calls(tokenizer, source: str) -> bool:
         return False
 
 
+def with_default_system(source: str, prompt: str | None) -> str:
+    """Bake a default system prompt into the template itself, so that training, `sftlab chat`
+    and plain `transformers` loading the exported model all render the same prompt."""
+    if prompt is None:
+        return source
+    literal = json.dumps(prompt, ensure_ascii=False)  # a JSON string is a valid Jinja literal
+    return (
+        "{%- if not messages or messages[0]['role'] != 'system' -%}"
+        f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages -%}}"
+        "{%- endif -%}\n" + source
+    )
+
+
 def build_chat_format(tokenizer, config: TemplateConfig) -> ChatFormat:
-    source = template_source(tokenizer, config.chat_template)
+    source = with_default_system(template_source(tokenizer, config.chat_template), config.system_prompt)
     token, token_id = find_end_of_turn(tokenizer, source, config.end_of_turn)
     return ChatFormat(
         template=source,
         end_of_turn=token,
         end_of_turn_id=token_id,
-        system_prompt=config.system_prompt,
         native_tools=renders_tool_calls(tokenizer, source),
         mask=config.mask,
     )

@@ -46,10 +46,9 @@ def placeholder(i: int) -> str:
 class ChatFormat:
     """What must be identical in training and at inference; saved with every run."""
 
-    template: str
+    template: str  # Jinja source, with the run's default system prompt baked in (see format.py)
     end_of_turn: str
     end_of_turn_id: int
-    system_prompt: str | None = None
     native_tools: bool = False
     mask: str = "assistant"  # assistant | last_assistant | all
 
@@ -96,10 +95,8 @@ class Renderer:
             raise RowError(f"the chat template failed on this conversation: {exc!r}") from None
 
     def prepare(self, conv: Conversation) -> tuple[list[Message], list | None]:
-        """Apply the run's system prompt and fold tool calls into text for templates without tools."""
+        """Fold tool calls into text for templates that cannot render them."""
         messages = list(conv.messages)
-        if self.fmt.system_prompt is not None and (not messages or messages[0].role != "system"):
-            messages.insert(0, Message("system", self.fmt.system_prompt))
         tools = list(conv.tools) or None
         if self.fmt.native_tools:
             return messages, tools
@@ -158,10 +155,11 @@ class Renderer:
             turn_ends.append(end + len(eot))
             if k in chosen:
                 spans.append((len(prompt), end + len(eot)))
-        for k, m in enumerate(messages):  # non-assistant messages marked train: true
+        for k, m in enumerate(messages):  # non-assistant turns marked train: true, with their end
             if m.role != "assistant" and m.train:
                 start = text.index(placeholder(k))
-                spans.append((start, start + len(placeholder(k))))
+                end = start + len(placeholder(k))
+                spans.append((start, end + len(eot) if text.startswith(eot, end) else end))
         return spans, turn_ends
 
     # -- tokenization ------------------------------------------------------------------------

@@ -1,0 +1,133 @@
+"""`sftlab data|train|chat|generate|export|demo`: thin commands over recipes and stages.
+
+Every SftlabError ends as one readable message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sftlab.core.errors import SftlabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(no_args_is_help=True, help="Look at training data before training on it.")
+app.add_typer(data_app, name="data")
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config file")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.lr=1e-4")] = None,
+) -> None:
+    """Fine-tune a model as CONFIG describes."""
+    from sftlab.config import load_config
+    from sftlab.recipes.sft import train as run_training
+
+    cfg = load_config(config, overrides or [])
+    run_training(cfg, base_dir=config.resolve().parent)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    file: Annotated[Path, typer.Argument(help="a data file (.json/.jsonl/.csv/.parquet/.txt) or saved dataset")],
+    model: Annotated[str, typer.Option(help="default, a model folder, a .gguf file or a hub id")] = "default",
+    format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+    limit: Annotated[int, typer.Option(help="rows to show")] = 3,
+    data_format: Annotated[str, typer.Option(help="auto, alpaca, sharegpt, messages, prompt_completion, text")] = "auto",
+    chat_template: Annotated[str, typer.Option(help="auto, chatml or a .jinja file")] = "auto",
+    system_prompt: Annotated[str | None, typer.Option(help="default system prompt")] = None,
+    mask: Annotated[str, typer.Option(help="assistant, last_assistant or all")] = "assistant",
+    max_length: Annotated[int, typer.Option(help="tokens per row")] = 1024,
+) -> None:
+    """Show how rows render, supervised tokens highlighted, then the mask report."""
+    from sftlab.recipes.inspect import inspect_file
+
+    if format not in ("text", "json"):
+        raise SftlabError(f"--format must be text or json, not {format!r}")
+    inspect_file(
+        file, model, format, limit, data_format,
+        dict(chat_template=chat_template, system_prompt=system_prompt, mask=mask, max_length=max_length),
+    )  # fmt: skip
+
+
+@app.command()
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by sftlab train")],
+    prompt: Annotated[list[str], typer.Option(help="a user message; repeat for several")],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per prompt")] = False,
+) -> None:
+    """Answer prompts with a trained run, using exactly the template it trained with."""
+    from sftlab.eval.generate import generate as run_generate
+    from sftlab.eval.generate import user_turn
+    from sftlab.export.artifacts import load_run
+
+    run = load_run(run_dir)
+    outs = run_generate(
+        run.model, run.renderer, [user_turn(p) for p in prompt], run.stop_ids, max_new_tokens,
+        temperature=temperature,
+    )  # fmt: skip
+    for p, g in zip(prompt, outs, strict=True):
+        if as_json:
+            print(json.dumps({"prompt": p, "response": g.text, "stopped": g.stopped}, ensure_ascii=False))
+        else:
+            print(g.text if g.stopped else g.text + "\n[stopped at the token limit]")
+
+
+@app.command()
+def chat(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by sftlab train")],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+) -> None:
+    """Talk to a trained run (empty line or Ctrl-D to quit)."""
+    from sftlab.recipes.chat import chat_loop
+
+    chat_loop(run_dir, max_new_tokens, temperature)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by sftlab train")],
+    merged: Annotated[bool, typer.Option("--merged", help="write a merged model (safetensors)")] = False,
+    out: Annotated[Path | None, typer.Option(help="output folder (default RUN/merged)")] = None,
+) -> None:
+    """Export a run: --merged folds LoRA into the base for plain transformers."""
+    from sftlab.export.merge import export_merged
+
+    if not merged:
+        raise SftlabError("say what to export: --merged")
+    export_merged(run_dir, out or run_dir / "merged")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/demo)")] = None,
+) -> None:
+    """Teach the embedded model a new identity, then compare base and tuned answers."""
+    from sftlab.recipes.demo import run_demo
+
+    run_demo(out or Path("runs/demo"))
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    try:
+        app()
+    except SftlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

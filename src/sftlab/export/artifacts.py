@@ -1,0 +1,91 @@
+"""What a run directory holds, written and read back in one place.
+
+    RUN/
+      config.yaml          resolved config (every default filled in)
+      manifest.json        data/template/tokenizer hashes, versions, seed, device, precision
+      mask_report.json     the pre-flight report        rejected.jsonl  rows set aside, with reasons
+      metrics.jsonl        one line per step / eval     summary.json    the outcome
+      chat_format.json     template (system prompt baked in), end-of-turn token
+      tokenizer/           tokenizer files whose chat_template is exactly the trained one
+      adapter/             LoRA weights (peft format)   or  model/  (full fine-tuning)
+      merged/              with export.merged: a plain transformers model
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sftlab.core.errors import SftlabError
+from sftlab.core.io import read_json, write_json
+from sftlab.model.load import ModelRef, load_model, load_tokenizer, resolve_model
+from sftlab.template.render import ChatFormat, Renderer
+
+
+def save_chat_format(run_dir: Path, fmt: ChatFormat) -> None:
+    write_json(run_dir / "chat_format.json", dataclasses.asdict(fmt))
+
+
+def load_chat_format(run_dir: Path) -> ChatFormat:
+    return ChatFormat(**read_json(run_dir / "chat_format.json"))
+
+
+def save_tokenizer(tokenizer, fmt: ChatFormat, folder: Path) -> None:
+    tokenizer.chat_template = fmt.template
+    tokenizer.save_pretrained(folder)
+
+
+def stop_token_ids(tokenizer, fmt: ChatFormat) -> list[int]:
+    """Generation stops on the end-of-turn token (and on EOS, where that differs)."""
+    ids = [fmt.end_of_turn_id]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def save_trained(model, run_dir: Path, method: str) -> Path:
+    target = run_dir / ("adapter" if method == "lora" else "model")
+    model.save_pretrained(target, safe_serialization=True)
+    return target
+
+
+@dataclass
+class LoadedRun:
+    model: torch.nn.Module
+    tokenizer: object
+    fmt: ChatFormat
+    renderer: Renderer
+    manifest: dict
+
+    @property
+    def stop_ids(self) -> list[int]:
+        return stop_token_ids(self.tokenizer, self.fmt)
+
+
+def load_run(run_dir: str | Path, dtype: torch.dtype = torch.float32, merged: bool = True) -> LoadedRun:
+    """A trained run, ready to generate: base + adapter merged (or the full model)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "manifest.json").is_file():
+        raise SftlabError(f"{run_dir} is not a run directory (no manifest.json); train one first")
+    manifest = read_json(run_dir / "manifest.json")
+    fmt = load_chat_format(run_dir)
+    tokenizer = load_tokenizer(ModelRef("run tokenizer", str(run_dir / "tokenizer"), True))
+    if (run_dir / "model").is_dir():
+        model = load_model(resolve_model(str(run_dir / "model")), dtype=dtype)
+    elif (run_dir / "adapter").is_dir():
+        from peft import PeftModel
+
+        base_cfg = manifest["model"]
+        base = load_model(
+            resolve_model(base_cfg["name"], base_cfg.get("allow_pickle", False)), dtype=dtype
+        )
+        model = PeftModel.from_pretrained(base, run_dir / "adapter")
+        if merged:
+            model = model.merge_and_unload()
+    else:
+        raise SftlabError(f"{run_dir} holds no trained weights (adapter/ or model/)")
+    model.eval()
+    return LoadedRun(model, tokenizer, fmt, Renderer(tokenizer, fmt), manifest)

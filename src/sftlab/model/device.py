@@ -1,0 +1,49 @@
+"""Device and precision choices, made once per run and recorded in the manifest."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+
+@lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matrix products run several times faster than fp32 there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(choice: str, device_type: str) -> str:
+    """auto -> bf16 where the hardware does it fast (or fp16 on older GPUs), else fp32."""
+    if choice != "auto":
+        return choice
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device_type == "cpu":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "fp32"
+
+
+def storage_dtype(choice: str, precision: str, method: str) -> torch.dtype:
+    """Frozen LoRA base weights can live in bf16 (adapters and optimizer stay fp32); full
+    fine-tuning keeps fp32 master weights and relies on autocast."""
+    if choice != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[choice]
+    if method == "lora" and precision == "bf16":
+        return torch.bfloat16
+    return torch.float32
+
+
+def accelerate_precision(precision: str) -> str:
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")

@@ -1,0 +1,87 @@
+"""Render a whole dataset: every row ends as an example or as a rejection with its reason."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from sftlab.core.errors import Rejection, RowError
+from sftlab.core.types import IGNORE_INDEX, Conversation, TokenizedExample
+from sftlab.template.render import Renderer
+
+
+@dataclass
+class EncodedSet:
+    examples: list[TokenizedExample] = field(default_factory=list)
+    conversations: list[Conversation] = field(default_factory=list)  # the source of examples[i]
+    rejected: list[Rejection] = field(default_factory=list)
+    truncated: int = 0
+
+
+def fit_length(example: TokenizedExample, max_length: int, policy: str) -> TokenizedExample:
+    """Enforce max_length: `drop` rejects the row; `turns` cuts after the last assistant turn that
+    fits (raw text, which has no turns, is cut at max_length). A cut that leaves nothing to learn
+    drops the row."""
+    n = len(example)
+    if n <= max_length:
+        return example
+    if policy == "drop":
+        raise RowError(f"{n} tokens, more than template.max_length={max_length} (truncation: drop)")
+    if example.turn_ends:
+        cut = max((t for t in example.turn_ends if t <= max_length), default=0)
+    else:
+        cut = max_length
+    labels = example.labels[:cut]
+    if cut == 0 or not (labels != IGNORE_INDEX).any():
+        raise RowError(
+            f"{n} tokens, more than template.max_length={max_length}, and no complete assistant "
+            "turn fits before the limit"
+        )
+    return replace(
+        example,
+        input_ids=example.input_ids[:cut],
+        labels=labels,
+        turn_ends=tuple(t for t in example.turn_ends if t <= cut),
+        truncated=True,
+    )
+
+
+def encode_dataset(
+    renderer: Renderer, conversations: Sequence[Conversation], max_length: int, truncation: str
+) -> EncodedSet:
+    out = EncodedSet()
+    for conv in conversations:
+        stage = "render"
+        try:
+            example = renderer.encode(conv)
+            stage = "length"
+            fitted = fit_length(example, max_length, truncation)
+        except RowError as err:
+            ref = conv.source
+            out.rejected.append(
+                Rejection(
+                    ref.file if ref else "?",
+                    ref.line if ref else 0,
+                    ref.index if ref else -1,
+                    stage,
+                    str(err),
+                    row=conversation_json(conv),
+                )
+            )
+            continue
+        out.truncated += fitted.truncated
+        out.examples.append(fitted)
+        out.conversations.append(conv)
+    return out
+
+
+def conversation_json(conv: Conversation) -> dict:
+    if conv.kind == "text":
+        return {"text": conv.text[:2000]}
+    return {
+        "messages": [
+            {"role": m.role, "content": m.content[:2000]}
+            | ({"tool_calls": [[c.name, c.arguments] for c in m.tool_calls]} if m.tool_calls else {})
+            for m in conv.messages
+        ]
+    }
