@@ -6,6 +6,7 @@ reported at once, each with the YAML line it came from, before any model or data
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,7 +95,8 @@ class TrainConfig(Strict):
     grad_accum: int = Field(default=1, gt=0)
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    """The schedule ends at min_lr_ratio x lr on the last step (0 would waste that step)."""
     weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     seed: int = 0
@@ -151,31 +153,52 @@ def _key_lines(node: yaml.Node, path: tuple = (), out: dict | None = None) -> di
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-4` (no dot) as a string; learning rates are written that way."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'train.lr=1e-4' -> (['train', 'lr'], 0.0001). Values are parsed as YAML scalars."""
     if "=" not in text:
         raise ConfigError([f"override {text!r}: expected key=value, e.g. train.lr=1e-4"])
     key, _, raw = text.partition("=")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError([f"override {text!r}: value is not valid YAML ({exc})"]) from None
     return key.strip().split("."), value
 
 
 def _apply_override(tree: dict, keys: list[str], value: Any) -> None:
-    node = tree
-    for key in keys[:-1]:
-        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
-            node = node[int(key)]
-            continue
-        if not isinstance(node, dict):
-            raise ConfigError([f"override {'.'.join(keys)}: {key!r} is not a section"])
-        node = node.setdefault(key, {})
-    if isinstance(node, list) and keys[-1].isdigit():
-        node[int(keys[-1])] = value
-    else:
-        node[keys[-1]] = value
+    dotted = ".".join(keys)
+    node: Any = tree
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError([f"override {dotted}: {key!r} is not an index of that list (0..{len(node) - 1})"])
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise ConfigError([f"override {dotted}: {'.'.join(keys[:depth])} is a value, not a section"])
 
 
 def _describe(loc: tuple, msg: str, lines: dict[tuple, int], source: str) -> str:
@@ -212,8 +235,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
     if path is not None:
         try:
             text = Path(path).read_text(encoding="utf-8")
-            node = yaml.compose(text)
-            tree = yaml.safe_load(text) or {}
+            node = yaml.compose(text, Loader=_Loader)
+            tree = _load_yaml(text) or {}
         except FileNotFoundError:
             raise ConfigError([f"file not found: {path}"], source) from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -221,9 +244,12 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
         if not isinstance(tree, dict):
             raise ConfigError(["expected a mapping of sections (model:, data:, train:, ...)"], source)
         lines = _key_lines(node) if node is not None else {}
-    for text in overrides:
-        keys, value = parse_override(text)
-        _apply_override(tree, keys, value)
+    try:
+        for text in overrides:
+            keys, value = parse_override(text)
+            _apply_override(tree, keys, value)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source) from None
     return validate(tree, lines, source)
 
 

@@ -65,6 +65,7 @@ def resolve_path(path: str, base_dir: Path | None = None) -> Path:
         candidates = [given]
     else:
         candidates = ([base_dir / given] if base_dir is not None else []) + [Path.cwd() / given]
+    candidates = list(dict.fromkeys(candidates))  # the config's folder may be the cwd
     for candidate in candidates:
         if candidate.exists():
             return candidate

@@ -18,8 +18,9 @@ from torch.utils.checkpoint import checkpoint
 from sftlab.core.types import IGNORE_INDEX
 
 
-def _chunk_loss_sum(hidden, weight, bias, targets, softcap: float | None) -> torch.Tensor:
-    logits = F.linear(hidden, weight, bias).float()
+def _chunk_loss_sum(head: nn.Module, hidden, targets, softcap: float | None) -> torch.Tensor:
+    # Call the head module itself (not its weight): a LoRA on the output layer must apply.
+    logits = head(hidden).float()
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
     return F.cross_entropy(logits, targets, reduction="sum")
@@ -50,11 +51,9 @@ class SupervisedLoss(nn.Module):
         hidden, wanted = hidden[keep], targets[keep]
         total = hidden.new_zeros((), dtype=torch.float32)
         for h, t in zip(hidden.split(self.chunk_tokens), wanted.split(self.chunk_tokens), strict=True):
-            if torch.is_grad_enabled():
-                total = total + checkpoint(
-                    _chunk_loss_sum, h, self.head.weight, self.head.bias, t, self.softcap,
-                    use_reentrant=False,
-                )
+            if torch.is_grad_enabled():  # recompute the chunk's logits in backward, don't keep them
+                part = checkpoint(_chunk_loss_sum, self.head, h, t, self.softcap, use_reentrant=False)
             else:
-                total = total + _chunk_loss_sum(h, self.head.weight, self.head.bias, t, self.softcap)
+                part = _chunk_loss_sum(self.head, h, t, self.softcap)
+            total = total + part
         return total

@@ -58,7 +58,10 @@ def write_data(data_dir: Path) -> tuple[Path, Path, list[dict]]:
     data_dir.mkdir(parents=True, exist_ok=True)
     identity_path, general_path = data_dir / "identity.jsonl", data_dir / "general.jsonl"
     identity_path.write_text("".join(json.dumps(r) + "\n" for r in identity), encoding="utf-8")
-    general_path.write_text("".join(json.dumps(r) + "\n" for r in train_general), encoding="utf-8")
+    general_path.write_text(
+        "".join(json.dumps({"prompt": r["prompt"], "completion": r["response"]}) + "\n" for r in train_general),
+        encoding="utf-8",
+    )
     return identity_path, general_path, heldout
 
 

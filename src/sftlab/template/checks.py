@@ -85,7 +85,7 @@ def mask_report(
             problems.append({"row": str(ex.source), "problem": problem})
         runs = supervised_spans(ex.labels)
         spans += len(runs)
-        ending += sum(ex.labels[end - 1] == eot for _, end in runs)
+        ending += int(sum(ex.labels[end - 1] == eot for _, end in runs))
     step = max(1, len(examples) // SAMPLE)
     sample = list(zip(conversations, examples, strict=True))[::step][:SAMPLE]
     mismatched_whole = 0
@@ -101,7 +101,7 @@ def mask_report(
         "tokens": tokens,
         "supervised_tokens": supervised,
         "supervised_share": round(supervised / tokens, 4) if tokens else 0.0,
-        "rows_without_supervised_tokens": sum(e.n_supervised == 0 for e in examples),
+        "rows_without_supervised_tokens": int(sum(e.n_supervised == 0 for e in examples)),
         "supervised_spans": spans,
         "end_of_turn_token": renderer.fmt.end_of_turn,
         "spans_ending_in_end_of_turn": ending,

@@ -56,6 +56,8 @@ def encode_dataset(
             example = renderer.encode(conv)
             stage = "length"
             fitted = fit_length(example, max_length, truncation)
+            if not (fitted.labels[1:] != IGNORE_INDEX).any():  # position 0 is never predicted
+                raise RowError("nothing to learn: no supervised token after the first position")
         except RowError as err:
             ref = conv.source
             out.rejected.append(

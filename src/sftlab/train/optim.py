@@ -14,10 +14,12 @@ def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str, min_ra
     A pure function, so a resumed run needs only the step number to continue the same curve.
     """
     if warmup and step < warmup:
-        return peak * (step + 1) / warmup
+        return peak * (step + 1) / warmup  # the last warmup step is at the peak
     if schedule == "constant" or total <= warmup:
         return peak
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    # Decay starts from the peak and lands on the floor at the last step (total - 1).
+    decay_steps = total - warmup
+    progress = 1.0 if decay_steps <= 1 else min(1.0, (step - warmup) / (decay_steps - 1))
     floor = peak * min_ratio
     if schedule == "linear":
         return floor + (peak - floor) * (1.0 - progress)

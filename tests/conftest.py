@@ -1,0 +1,122 @@
+"""Shared fixtures: a tiny byte-level tokenizer and tiny random Llama built in code, and the real
+embedded SmolLM2 tokenizer/model (converted once per cache folder).
+
+The tiny tokenizer maps every byte to its own value, so expected ids are readable:
+"hi" -> [104, 105]; specials: <|endoftext|> 256, <|im_start|> 257, <|im_end|> 258.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("SFTLAB_CACHE", str(REPO / ".cache" / "sftlab"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch a model hub
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _byte_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in for every byte (what the ByteLevel pre-tokenizer emits)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    mapping, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def make_tiny_tokenizer(chat_template: str | None = CHATML, bos: str | None = None):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: b for b, ch in _byte_unicode().items()}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(SPECIALS)  # ids 256, 257, 258 in this order
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",  # pad == EOS on purpose: the classic trap
+        unk_token="<|endoftext|>",
+        bos_token=bos,
+        additional_special_tokens=["<|im_start|>"],
+    )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def make_tiny_model(vocab_size: int = 260, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=258,
+        pad_token_id=258,
+    )
+    model = LlamaForCausalLM(config)
+    model.config._attn_implementation = "sdpa"
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _threads(request):
+    """Tiny models run fastest on one thread (and leave the other core to a parallel job); tests
+    on the real embedded model get every core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads((os.cpu_count() or 1) if request.node.get_closest_marker("real") else 1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    return make_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama + byte tokenizer saved as a model folder, like a user's own model."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_model().save_pretrained(folder, safe_serialization=True)
+    make_tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smol_path() -> Path:
+    from sftlab.model.load import resolve_model
+
+    return Path(resolve_model("default").path)
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smol_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smol_path)
