@@ -110,11 +110,12 @@ def export(
 @app.command()
 def demo(
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/demo)")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.epochs=4")] = None,
 ) -> None:
     """Teach the embedded model a new identity, then compare base and tuned answers."""
     from sftlab.recipes.demo import run_demo
 
-    run_demo(out or Path("runs/demo"))
+    run_demo(out or Path("runs/demo"), overrides or [])
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ class ModelConfig(Strict):
     """`default` (the embedded SmolLM2-135M-Instruct), a local model folder, a .gguf file, or a hub id."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Storage dtype of frozen weights. auto: bf16 for LoRA where bf16 is fast, else fp32."""
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """auto: sdpa on GPUs and for packed rows; eager for unpacked rows on CPU (measured faster)."""
     trust_remote_code: bool = False
     allow_pickle: bool = False
     """Load .bin/.pt weights (pickle can run code). Off: only safetensors and GGUF load."""
@@ -73,14 +74,17 @@ class TemplateConfig(Strict):
 
 
 class PackConfig(Strict):
-    enabled: bool = True
-    """Best-fit-decreasing packing into rows of template.max_length; off: one example per row."""
+    enabled: bool | Literal["auto"] = "auto"
+    """Best-fit-decreasing packing into rows of template.max_length; off: one example per row,
+    batched with examples of similar length. auto: on for GPUs; off on CPU, where attention over
+    packed rows costs more than the little padding that length-grouped batches carry."""
 
 
 class LoraConfig(Strict):
     r: int = Field(default=16, gt=0)
     alpha: float = Field(default=32, gt=0)
-    dropout: float = Field(default=0.05, ge=0, lt=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    """0 by default: on CPU the dropout masks cost more time than the matrix products they touch."""
     target_modules: str | list[str] = "all-linear"
 
 
@@ -225,6 +229,11 @@ def validate(tree: dict, lines: dict[tuple, int] | None = None, source: str = "c
                 msg += f" (got {err['input']!r})"
             problems.append(_describe(err["loc"], msg, lines or {}, source))
         raise ConfigError(problems, source) from None
+
+
+def with_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """A copy of `config` with `a.b=c` overrides applied and everything re-validated."""
+    return load_config(None, overrides, base=config.model_dump(mode="json"))
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:

@@ -47,3 +47,19 @@ def default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def resolve_packing(choice, device_type: str) -> bool:
+    if choice == "auto":
+        return device_type == "cuda"
+    return bool(choice)
+
+
+def resolve_attention(choice: str, device_type: str, packing: bool) -> str:
+    """CPU SDPA's backward is slow on short rows, where the eager matmul path (bf16 GEMMs) wins;
+    over long packed rows SDPA wins. Measured on SmolLM2: see bench/README.md."""
+    if choice != "auto":
+        return choice
+    if device_type == "cpu" and not packing:
+        return "eager"
+    return "sdpa"

@@ -1,8 +1,11 @@
 """Loss on supervised positions only, without materialising [tokens x vocab] logits.
 
-The decoder runs on the whole batch; the output layer runs only where a target exists, in
-chunks that are recomputed in the backward pass. Prompt and padding positions never reach the
-vocabulary projection, which is most of the cost for a small model with a large vocabulary.
+The decoder runs on the whole batch; the output layer runs only where a target exists, a chunk
+of rows at a time. For a plain linear head (the usual case) a fused linear + cross-entropy
+computes each chunk's gradient during the forward pass, so the backward pass is a multiply and
+no chunk's logits outlive the chunk: written by hand because torch has no CPU fused kernel and
+Liger/CCE are CUDA-only. Any other head (a LoRA on lm_head, logit soft-capping) takes the
+generic path: the head module itself on checkpointed chunks.
 
 The module returns the *sum* of token losses: normalising by the supervised tokens of the whole
 accumulation window across processes (invariant 7) is the loop's job, which knows that count.
@@ -18,8 +21,39 @@ from torch.utils.checkpoint import checkpoint
 from sftlab.core.types import IGNORE_INDEX
 
 
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(hidden_i @ weight.T, target_i), gradients computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk: int, compute_dtype: torch.dtype):
+        w = weight.to(compute_dtype)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start : start + chunk].to(compute_dtype)
+            t = targets[start : start + chunk]
+            logits = (h @ w.T).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            # d(sum CE)/d logits = softmax - one_hot(target), built in place in the logits buffer.
+            probs = logits.sub_(lse[:, None]).exp_()
+            probs[torch.arange(len(t), device=t.device), t] -= 1.0
+            g = probs.to(compute_dtype)
+            grad_hidden[start : start + chunk] = (g @ w).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight += (g.T @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_w = None if grad_weight is None else (grad_weight * grad_total).to(grad_weight.dtype)
+        return grad_hidden * grad_total.to(grad_hidden.dtype), grad_w, None, None, None
+
+
 def _chunk_loss_sum(head: nn.Module, hidden, targets, softcap: float | None) -> torch.Tensor:
-    # Call the head module itself (not its weight): a LoRA on the output layer must apply.
     logits = head(hidden).float()
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
@@ -32,7 +66,7 @@ class SupervisedLoss(nn.Module):
     Being one module keeps DDP's gradient hooks on the path (accelerate wraps this, not the LM).
     """
 
-    def __init__(self, model: nn.Module, chunk_tokens: int = 1024):
+    def __init__(self, model: nn.Module, chunk_tokens: int = 256):
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
@@ -40,6 +74,8 @@ class SupervisedLoss(nn.Module):
         self.decoder = base.get_decoder()
         self.head = base.get_output_embeddings()
         self.softcap = getattr(base.config, "final_logit_softcapping", None)
+        # type() is exact on purpose: a LoRA-wrapped head subclasses nothing of nn.Linear's.
+        self.fused = type(self.head) is nn.Linear and self.head.bias is None and not self.softcap
 
     def forward(self, input_ids, position_ids, targets) -> torch.Tensor:
         # use_cache=False matters: with a cache, transformers ignores the restarting position ids
@@ -49,6 +85,11 @@ class SupervisedLoss(nn.Module):
         ).last_hidden_state
         keep = targets != IGNORE_INDEX
         hidden, wanted = hidden[keep], targets[keep]
+        if self.fused and torch.is_grad_enabled():
+            dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(
+                hidden.device.type
+            ) else hidden.dtype
+            return _FusedLinearCrossEntropy.apply(hidden, self.head.weight, wanted, self.chunk_tokens, dtype)
         total = hidden.new_zeros((), dtype=torch.float32)
         for h, t in zip(hidden.split(self.chunk_tokens), wanted.split(self.chunk_tokens), strict=True):
             if torch.is_grad_enabled():  # recompute the chunk's logits in backward, don't keep them

@@ -21,7 +21,13 @@ from sftlab.core.hashing import hash_path, hash_text
 from sftlab.core.io import write_json, write_jsonl, write_text_atomic
 from sftlab.data.mixture import Mixture, build_mixture, load_source
 from sftlab.export.artifacts import save_chat_format, save_tokenizer, save_trained
-from sftlab.model.device import accelerate_precision, resolve_precision, storage_dtype
+from sftlab.model.device import (
+    accelerate_precision,
+    resolve_attention,
+    resolve_packing,
+    resolve_precision,
+    storage_dtype,
+)
 from sftlab.model.load import ModelRef, load_model, load_tokenizer, resolve_model
 from sftlab.model.lora import add_lora, count_parameters
 from sftlab.model.loss import SupervisedLoss
@@ -105,13 +111,13 @@ def write_preflight(run_dir: Path, prepared: Prepared) -> None:
     preflight(prepared.report)
 
 
-def build_model(config: RunConfig, ref: ModelRef, precision: str):
+def build_model(config: RunConfig, ref: ModelRef, precision: str, attention: str):
     t = config.train
     dtype = storage_dtype(config.model.dtype, precision, t.method)
     model = load_model(
         ref,
         dtype=dtype,
-        attn_implementation=config.model.attn_implementation,
+        attn_implementation=attention,
         trust_remote_code=config.model.trust_remote_code,
         allow_pickle=config.model.allow_pickle,
     )
@@ -176,7 +182,10 @@ def train(config: RunConfig, base_dir: Path | None = None) -> Path:
 
     run_dir = prepare_run_dir(config)
     set_seed(config.train.seed)
-    precision = resolve_precision(config.train.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(config.train.precision, device_type)
+    packing = resolve_packing(config.pack.enabled, device_type)
+    attention = resolve_attention(config.model.attn_implementation, device_type, packing)
     accelerator = make_accelerator(config, precision)
     main = accelerator.is_main_process
     say = print if main else (lambda *a, **k: None)
@@ -187,12 +196,15 @@ def train(config: RunConfig, base_dir: Path | None = None) -> Path:
     else:
         preflight(prepared.report)
     t, tmpl = config.train, config.template
-    train_rows = build_rows(prepared.train.examples, tmpl.max_length, config.pack.enabled)
-    eval_rows = build_rows(prepared.eval.examples, tmpl.max_length, config.pack.enabled)
+    train_rows = build_rows(prepared.train.examples, tmpl.max_length, packing)
+    eval_rows = build_rows(prepared.eval.examples, tmpl.max_length, packing)
 
-    model = build_model(config, prepared.ref, precision)
+    model = build_model(config, prepared.ref, precision, attention)
     trainable, total = count_parameters(model)
-    say(f"model: {config.model.name} ({t.method}, {trainable:,} of {total:,} parameters trained, {precision})")
+    say(
+        f"model: {config.model.name} ({t.method}, {trainable:,} of {total:,} parameters trained; "
+        f"{precision}, {attention} attention, packing {'on' if packing else 'off'})"
+    )
     wrapped = SupervisedLoss(model)
     optimizer = build_optimizer(wrapped, t.peak_lr(), t.weight_decay)
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
@@ -224,7 +236,8 @@ def train(config: RunConfig, base_dir: Path | None = None) -> Path:
     if main:
         save_outputs(run_dir, accelerator.unwrap_model(wrapped).model, prepared, config)
         write_json(run_dir / "manifest.json", manifest(config, prepared, {
-            "precision": precision, "device": str(accelerator.device),
+            "precision": precision, "attention": attention, "packing": packing,
+            "device": str(accelerator.device),
             "processes": accelerator.num_processes, "method": t.method,
             "trainable_parameters": trainable, "total_parameters": total,
         }))  # fmt: skip
@@ -232,7 +245,7 @@ def train(config: RunConfig, base_dir: Path | None = None) -> Path:
             "steps": state.step, "epochs": t.epochs, "train_seconds": round(state.train_seconds, 2),
             "tokens": state.tokens, "supervised_tokens": state.supervised_tokens,
             "eval_loss_before": eval_before, "eval_loss_after": eval_after,
-            "train_rows": len(prepared.train.examples), "packed_rows": len(train_rows),
+            "train_examples": len(prepared.train.examples), "train_rows": len(train_rows),
         })  # fmt: skip
         say(f"eval loss {eval_before:.4f} -> {eval_after:.4f}; run saved to {run_dir}")
     accelerator.wait_for_everyone()
