@@ -94,6 +94,16 @@ def _threads(request):
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate's state is a process-wide singleton: don't let one test's precision leak."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 @pytest.fixture
 def tiny_tokenizer():
     return make_tiny_tokenizer()

@@ -154,7 +154,7 @@ def test_minimal_config_fills_defaults(tmp_path):
     assert cfg.data.eval_fraction == 0.05 and cfg.data.eval_rows is None
     assert cfg.template.chat_template == "auto" and cfg.template.mask == "assistant"
     assert cfg.template.max_length == 1024 and cfg.template.truncation == "turns"
-    assert cfg.pack.enabled is True
+    assert cfg.pack.enabled == "auto"
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.target_modules) == (16, 32, "all-linear")
     assert cfg.train.method == "lora" and cfg.train.lr is None
     assert cfg.train.peak_lr() == 2e-4
@@ -237,7 +237,7 @@ def test_unknown_section(tmp_path):
         ("data", "eval_fraction", "-0.1", "greater than or equal to 0"),
         ("lora", "dropout", "1", "less than 1"),
         ("lora", "r", "0", "greater than 0"),
-        ("pack", "enabled", "sometimes", "bool"),
+        ("pack", "enabled", "sometimes", "true, false or auto"),
         ("model", "dtype", "int8", "float32"),
     ],
 )

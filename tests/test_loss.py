@@ -245,7 +245,7 @@ def window_rows() -> list[PackedRow]:
     return single_rows([random_example(rng, n, p) for n, p in shapes])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def accelerator():
     from accelerate import Accelerator
 

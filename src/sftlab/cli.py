@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -118,8 +119,23 @@ def demo(
     run_demo(out or Path("runs/demo"), overrides or [])
 
 
+def _quiet_libraries() -> None:
+    """Our own progress and messages only: library progress bars and advisory warnings hide
+    what matters on a terminal (they still appear with SFTLAB_VERBOSE=1)."""
+    if os.environ.get("SFTLAB_VERBOSE"):
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    _quiet_libraries()
     try:
         app()
     except SftlabError as exc:

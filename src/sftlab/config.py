@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sftlab.core.errors import ConfigError
 
@@ -78,6 +78,13 @@ class PackConfig(Strict):
     """Best-fit-decreasing packing into rows of template.max_length; off: one example per row,
     batched with examples of similar length. auto: on for GPUs; off on CPU, where attention over
     packed rows costs more than the little padding that length-grouped batches carry."""
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _bool_or_auto(cls, value):
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise ValueError("expected true, false or auto")
 
 
 class LoraConfig(Strict):

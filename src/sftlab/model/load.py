@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,7 @@ def convert_gguf(gguf: Path, cache_name: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"converting {gguf.name} to safetensors once (cached in {target})", file=sys.stderr)
     staging = Path(tempfile.mkdtemp(prefix=f".{cache_name}-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

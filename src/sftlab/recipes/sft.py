@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -134,7 +135,12 @@ def build_model(config: RunConfig, ref: ModelRef, precision: str, attention: str
 
 def make_accelerator(config: RunConfig, precision: str):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # accelerate keeps one global state per process; a second run in the same process
+        # (tests, notebooks) with another precision must not inherit the first one's.
+        AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(
         mixed_precision=accelerate_precision(precision),
         cpu=not torch.cuda.is_available(),

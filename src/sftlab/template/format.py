@@ -58,11 +58,16 @@ def _probe(tokenizer, source: str, messages: list[Message], tools=None) -> str:
 
 def find_end_of_turn(tokenizer, source: str, override: str | None) -> tuple[str, int]:
     """The single token the template writes right after an assistant message's content."""
+    text = _probe(tokenizer, source, [Message("user", "x"), Message("assistant", "y")])
+    after = text.split(placeholder(1), 1)[-1]
     if override:
+        if not after.startswith(override):
+            raise TemplateError(
+                f"template.end_of_turn is {override!r}, but the template writes {after[:30]!r} "
+                "right after an assistant message"
+            )
         candidates = [override]
     else:
-        text = _probe(tokenizer, source, [Message("user", "x"), Message("assistant", "y")])
-        after = text.split(placeholder(1), 1)[-1]
         added = sorted(
             (t for t in tokenizer.get_added_vocab() if t.strip() and after.startswith(t)),
             key=len,
