@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from sftlab.core.errors import SftlabError
+from sftlab.core.errors import Interrupted, SftlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(no_args_is_help=True, help="Look at training data before training on it.")
@@ -25,13 +25,18 @@ app.add_typer(data_app, name="data")
 def train(
     config: Annotated[Path, typer.Argument(help="YAML config file")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.lr=1e-4")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the last complete checkpoint")] = False,
+    force: Annotated[bool, typer.Option("--force", help="resume despite changes, or start over")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="allow .bin/.pt weights (pickle)")] = False,
 ) -> None:
     """Fine-tune a model as CONFIG describes."""
     from sftlab.config import load_config
-    from sftlab.recipes.sft import train as run_training
 
-    cfg = load_config(config, overrides or [])
-    run_training(cfg, base_dir=config.resolve().parent)
+    extra = (["train.resume=true"] if resume else []) + (["model.allow_pickle=true"] if allow_pickle else [])
+    cfg = load_config(config, [*(overrides or []), *extra], check_files=True)
+    from sftlab.recipes.sft import train as run_training  # heavy imports after the config is valid
+
+    run_training(cfg, base_dir=config.resolve().parent, force=force)
 
 
 @data_app.command("inspect")
@@ -138,6 +143,9 @@ def main() -> None:
     _quiet_libraries()
     try:
         app()
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)
     except SftlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

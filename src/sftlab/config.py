@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from sftlab.core.errors import ConfigError
+from sftlab.core.paths import candidates, find
+
+
+def _bool_or_auto(value):
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError("expected true, false or auto")
+
+
+BoolOrAuto = Annotated[bool | Literal["auto"], BeforeValidator(_bool_or_auto)]
+"""One clear error for a bad value, instead of one per member of the union."""
 
 
 class Strict(BaseModel):
@@ -74,17 +85,10 @@ class TemplateConfig(Strict):
 
 
 class PackConfig(Strict):
-    enabled: bool | Literal["auto"] = "auto"
+    enabled: BoolOrAuto = "auto"
     """Best-fit-decreasing packing into rows of template.max_length; off: one example per row,
     batched with examples of similar length. auto: on for GPUs; off on CPU, where attention over
     packed rows costs more than the little padding that length-grouped batches carry."""
-
-    @field_validator("enabled", mode="before")
-    @classmethod
-    def _bool_or_auto(cls, value):
-        if value == "auto" or isinstance(value, bool):
-            return value
-        raise ValueError("expected true, false or auto")
 
 
 class LoraConfig(Strict):
@@ -117,6 +121,13 @@ class TrainConfig(Strict):
     log_every: int = Field(default=1, gt=0)
     compile: bool = False
     gradient_checkpointing: bool = False
+    save_every: int | None = Field(default=None, gt=0)
+    """Steps between checkpoints (one is always written at the end)."""
+    keep_last: int = Field(default=2, ge=1)
+    resume: BoolOrAuto = False
+    """true (or --resume): continue from the last complete checkpoint; auto: if there is one."""
+    skip_nonfinite: int = Field(default=0, ge=0)
+    """Steps with a NaN/Inf loss to skip (weights untouched) before the run stops."""
 
     def peak_lr(self) -> float:
         if self.lr is not None:
@@ -243,8 +254,30 @@ def with_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     return load_config(None, overrides, base=config.model_dump(mode="json"))
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
-    """Read YAML (or start from `base`), apply overrides, validate everything, report all problems."""
+def _path_problems(tree: dict, base_dir: Path | None, lines: dict, source: str) -> list[str]:
+    """Files the config names that do not exist (checked on the raw tree, so they are reported
+    together with type and value problems)."""
+    problems = []
+    sources = (tree.get("data") or {}).get("sources") if isinstance(tree.get("data"), dict) else None
+    for i, item in enumerate(sources if isinstance(sources, list) else []):
+        if isinstance(item, dict) and isinstance(item.get("path"), str) and find(item["path"], base_dir) is None:
+            tried = ", ".join(str(c) for c in candidates(item["path"], base_dir))
+            problems.append(_describe(("data", "sources", i, "path"), f"file not found (tried {tried})", lines, source))
+    template = (tree.get("template") or {}).get("chat_template") if isinstance(tree.get("template"), dict) else None
+    if isinstance(template, str) and template not in ("auto", "chatml") and find(template, base_dir) is None:
+        problems.append(_describe(("template", "chat_template"), f"not auto, chatml or an existing file: {template}", lines, source))
+    model = (tree.get("model") or {}).get("name") if isinstance(tree.get("model"), dict) else None
+    looks_local = isinstance(model, str) and (model.startswith((".", "/", "~")) or model.endswith(".gguf"))
+    if looks_local and find(model, base_dir) is None:
+        problems.append(_describe(("model", "name"), f"no such model folder or file: {model}", lines, source))
+    return problems
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] = (), base: dict | None = None, check_files: bool = False
+) -> RunConfig:
+    """Read YAML (or start from `base`), apply overrides, validate everything, report all problems
+    at once; with check_files, also every file the config names that does not exist."""
     tree: dict = dict(base or {})
     lines: dict[tuple, int] = {}
     source = str(path) if path else "config"
@@ -266,7 +299,16 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
             _apply_override(tree, keys, value)
     except ConfigError as exc:
         raise ConfigError(exc.problems, source) from None
-    return validate(tree, lines, source)
+    missing = []
+    if check_files:
+        missing = _path_problems(tree, Path(path).resolve().parent if path else None, lines, source)
+    try:
+        config = validate(tree, lines, source)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + missing, source) from None
+    if missing:
+        raise ConfigError(missing, source)
+    return config
 
 
 def to_yaml(config: RunConfig) -> str:

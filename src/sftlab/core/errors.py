@@ -45,6 +45,14 @@ class ModelError(SftlabError):
     """A model that cannot be found or loaded safely."""
 
 
+class Interrupted(SftlabError):
+    """The run stopped on a signal after saving a checkpoint; exit with the signal's code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 @dataclass(frozen=True)
 class RowError(Exception):
     """Raised by a row adapter for one bad row; the caller turns it into a `Rejection`."""

@@ -20,6 +20,7 @@ from typing import Any
 
 from sftlab.config import SourceConfig
 from sftlab.core.errors import DataError, Rejection, RowError
+from sftlab.core.paths import candidates, find
 from sftlab.core.types import Conversation, RowRef
 from sftlab.data.formats import detect_format, to_conversation
 from sftlab.data.readers import RawRow, read_rows
@@ -60,17 +61,11 @@ class Mixture:
 
 def resolve_path(path: str, base_dir: Path | None = None) -> Path:
     """An absolute path as is; a relative one against base_dir (the config's folder), then cwd."""
-    given = Path(path).expanduser()
-    if given.is_absolute():
-        candidates = [given]
-    else:
-        candidates = ([base_dir / given] if base_dir is not None else []) + [Path.cwd() / given]
-    candidates = list(dict.fromkeys(candidates))  # the config's folder may be the cwd
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    tried = ", ".join(str(c) for c in candidates)
-    raise DataError(path, f"file not found; tried: {tried}")
+    found = find(path, base_dir)
+    if found is None:
+        tried = ", ".join(str(c) for c in candidates(path, base_dir))
+        raise DataError(path, f"file not found; tried: {tried}")
+    return found
 
 
 def load_source(source: SourceConfig, base_dir: Path | None = None) -> SourceData:

@@ -17,7 +17,7 @@ import torch
 
 import sftlab
 from sftlab.config import RunConfig, to_yaml
-from sftlab.core.errors import SftlabError
+from sftlab.core.errors import Interrupted, SftlabError
 from sftlab.core.hashing import hash_path, hash_text
 from sftlab.core.io import write_json, write_jsonl, write_text_atomic
 from sftlab.data.mixture import Mixture, build_mixture, load_source
@@ -37,9 +37,16 @@ from sftlab.template.checks import mask_report, preflight
 from sftlab.template.encode import EncodedSet, encode_dataset
 from sftlab.template.format import build_chat_format
 from sftlab.template.render import Renderer
-from sftlab.train import loop
-from sftlab.train.metrics import Reporter
+from sftlab.train import checkpoint, loop
+from sftlab.train.metrics import Reporter, append_record
 from sftlab.train.optim import build_optimizer
+from sftlab.train.resume import (
+    StopSignals,
+    check_disk_space,
+    check_resumable,
+    pick_checkpoint,
+    truncate_metrics,
+)
 
 
 @dataclass
@@ -182,29 +189,34 @@ def manifest(config: RunConfig, prepared: Prepared, extra: dict) -> dict:
     }
 
 
-def train(config: RunConfig, base_dir: Path | None = None) -> Path:
-    """Run the whole recipe; returns the run directory."""
-    from accelerate.utils import set_seed
+@dataclass
+class Session:
+    """The live pieces of a training run, built once by `setup`."""
 
-    run_dir = prepare_run_dir(config)
-    set_seed(config.train.seed)
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = resolve_precision(config.train.precision, device_type)
+    accelerator: object
+    model: torch.nn.Module  # SupervisedLoss, prepared (maybe DDP-wrapped)
+    optimizer: torch.optim.Optimizer
+    train_rows: list
+    eval_rows: list
+    settings: loop.LoopSettings
+    facts: dict  # precision, attention, packing, parameter counts: for the manifest
+
+    @property
+    def unwrapped(self) -> SupervisedLoss:
+        return self.accelerator.unwrap_model(self.model)
+
+    def evaluate(self) -> float:
+        s = self.settings
+        return loop.eval_loss(self.accelerator, self.model, self.eval_rows, s.batch_tokens, s.pad_id)
+
+
+def setup(config: RunConfig, prepared: Prepared, accelerator, device_type: str, say) -> Session:
+    t, tmpl = config.train, config.template
+    precision = resolve_precision(t.precision, device_type)
     packing = resolve_packing(config.pack.enabled, device_type)
     attention = resolve_attention(config.model.attn_implementation, device_type, packing)
-    accelerator = make_accelerator(config, precision)
-    main = accelerator.is_main_process
-    say = print if main else (lambda *a, **k: None)
-
-    prepared = prepare_data(config, base_dir, say)
-    if main:
-        write_preflight(run_dir, prepared)
-    else:
-        preflight(prepared.report)
-    t, tmpl = config.train, config.template
     train_rows = build_rows(prepared.train.examples, tmpl.max_length, packing)
     eval_rows = build_rows(prepared.eval.examples, tmpl.max_length, packing)
-
     model = build_model(config, prepared.ref, precision, attention)
     trainable, total = count_parameters(model)
     say(
@@ -216,50 +228,135 @@ def train(config: RunConfig, base_dir: Path | None = None) -> Path:
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
     if t.compile:
         wrapped = torch.compile(wrapped, dynamic=True)
-
+    world = accelerator.num_processes
     settings = loop.LoopSettings(
         peak_lr=t.peak_lr(), total_steps=0, warmup_steps=0, schedule=t.schedule,
         min_lr_ratio=t.min_lr_ratio, max_grad_norm=t.max_grad_norm,
-        batch_tokens=max(t.batch_tokens, tmpl.max_length), micro_per_step=t.grad_accum * accelerator.num_processes,
+        batch_tokens=max(t.batch_tokens, tmpl.max_length), micro_per_step=t.grad_accum * world,
         seed=t.seed, pad_id=pad_id(prepared.tokenizer), eval_every=t.eval_every,
+        skip_nonfinite=t.skip_nonfinite,
     )  # fmt: skip
-    settings.total_steps = loop.total_steps_for(train_rows, settings, accelerator.num_processes, t.epochs, t.max_steps)
+    settings.total_steps = loop.total_steps_for(train_rows, settings, world, t.epochs, t.max_steps)
     settings.warmup_steps = round(t.warmup_ratio * settings.total_steps)
+    facts = {
+        "precision": precision, "attention": attention, "packing": packing,
+        "device": str(accelerator.device), "processes": world, "method": t.method,
+        "trainable_parameters": trainable, "total_parameters": total,
+    }  # fmt: skip
+    return Session(accelerator, wrapped, optimizer, train_rows, eval_rows, settings, facts)
 
-    def evaluate() -> float:
-        return loop.eval_loss(accelerator, wrapped, eval_rows, settings.batch_tokens, settings.pad_id)
 
-    reporter = Reporter(run_dir / "metrics.jsonl", settings.total_steps, enabled=main)
+def checkpoint_meta(config: RunConfig, prepared: Prepared) -> dict:
+    """What a resume must find unchanged (see train/resume.py)."""
+    return {
+        "config": config.model_dump(mode="json"),
+        "data": [{"file": s["file"], "sha256": hash_path(s["file"])} for s in prepared.mixture.report["sources"]],
+        "template_sha256": hash_text(prepared.renderer.fmt.template),
+    }
+
+
+def train(config: RunConfig, base_dir: Path | None = None, force: bool = False) -> Path:
+    """Run the whole recipe (or resume it); returns the run directory."""
+    from accelerate.utils import set_seed
+
+    run_dir = prepare_run_dir(config)
+    resume_from = pick_checkpoint(run_dir / "checkpoints", config.train.resume, force)
+    set_seed(config.train.seed)
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    accelerator = make_accelerator(config, resolve_precision(config.train.precision, device_type))
+    main = accelerator.is_main_process
+    say = print if main else (lambda *a, **k: None)
+
+    prepared = prepare_data(config, base_dir, say)
+    meta = checkpoint_meta(config, prepared)
+    if resume_from is not None:
+        for change in check_resumable(resume_from, meta, force):
+            say(f"warning: resuming despite a change (--force): {change}")
     if main:
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    eval_before = evaluate()
-    reporter.eval({"step": 0, "eval_loss": eval_before})
-    state = loop.run(accelerator, wrapped, optimizer, train_rows, settings, loop.LoopState(), reporter, evaluate, loop.Hooks())
-    eval_after = evaluate()
-    reporter.eval({"step": state.step, "eval_loss": eval_after})
-    reporter.close()
+        write_preflight(run_dir, prepared)
+    else:
+        preflight(prepared.report)
+    session = setup(config, prepared, accelerator, device_type, say)
+    f = session.facts
+    check_disk_space(run_dir, f["trainable_parameters"], f["total_parameters"], config.train.keep_last,
+                     f["method"] == "full", config.export.merged)  # fmt: skip
 
+    state, meta["eval_loss_before"] = start_or_resume(session, run_dir, resume_from, main, say)
+    state = train_with_checkpoints(session, config, run_dir, state, meta, main)
+    eval_after = session.evaluate()
     if main:
-        save_outputs(run_dir, accelerator.unwrap_model(wrapped).model, prepared, config)
-        write_json(run_dir / "manifest.json", manifest(config, prepared, {
-            "precision": precision, "attention": attention, "packing": packing,
-            "device": str(accelerator.device),
-            "processes": accelerator.num_processes, "method": t.method,
-            "trainable_parameters": trainable, "total_parameters": total,
-        }))  # fmt: skip
-        write_json(run_dir / "summary.json", {
-            "steps": state.step, "epochs": t.epochs, "train_seconds": round(state.train_seconds, 2),
-            "tokens": state.tokens, "supervised_tokens": state.supervised_tokens,
-            "eval_loss_before": eval_before, "eval_loss_after": eval_after,
-            "train_examples": len(prepared.train.examples), "train_rows": len(train_rows),
-        })  # fmt: skip
-        say(f"eval loss {eval_before:.4f} -> {eval_after:.4f}; run saved to {run_dir}")
+        append_record(run_dir / "metrics.jsonl", {"step": state.step, "eval_loss": eval_after})
+        finish(run_dir, session, prepared, config, state, meta["eval_loss_before"], eval_after, say)
     accelerator.wait_for_everyone()
     if config.export.merged and main:
         from sftlab.export.merge import export_merged
 
         export_merged(run_dir, run_dir / "merged")
     return run_dir
+
+
+def start_or_resume(session: Session, run_dir: Path, resume_from, main: bool, say):
+    """A fresh LoopState and the eval loss before training, or both restored from a checkpoint."""
+    metrics = run_dir / "metrics.jsonl"
+    if resume_from is None:
+        if main:
+            metrics.unlink(missing_ok=True)
+        before = session.evaluate()
+        if main:
+            append_record(metrics, {"step": 0, "eval_loss": before})
+            say(f"eval loss before training: {before:.4f}")
+        return loop.LoopState(), before
+    saved = checkpoint.load(resume_from, session.unwrapped, session.optimizer)
+    if main:
+        truncate_metrics(metrics, resume_from.step)
+    say(f"resumed from {resume_from.path} (step {resume_from.step})")
+    return loop.LoopState(**saved["loop"]), saved["eval_loss_before"]
+
+
+def train_with_checkpoints(session: Session, config: RunConfig, run_dir: Path, state, meta, main: bool):
+    """The loop, with a checkpoint every save_every steps, at the end, and on SIGINT/SIGTERM."""
+    t = config.train
+    root = run_dir / "checkpoints"
+
+    def save(current: loop.LoopState) -> Path | None:
+        if not main:
+            return None
+        return checkpoint.save(root, session.unwrapped, session.optimizer, current.to_dict(), meta, t.keep_last)
+
+    def periodic(current: loop.LoopState, record: dict) -> None:
+        if t.save_every and current.step % t.save_every == 0 and current.step < session.settings.total_steps:
+            save(current)
+
+    reporter = Reporter(run_dir / "metrics.jsonl", session.settings.total_steps, enabled=main, start_step=state.step)
+    with StopSignals() as signals:
+        hooks = loop.Hooks(after_step=[periodic], should_stop=lambda: signals.received is not None)
+        try:
+            state = loop.run(session.accelerator, session.model, session.optimizer, session.train_rows,
+                             session.settings, state, reporter, session.evaluate, hooks)  # fmt: skip
+        finally:
+            reporter.close()
+    where = save(state)
+    session.accelerator.wait_for_everyone()
+    if signals.received is not None:
+        code = 128 + signals.received
+        raise Interrupted(
+            f"stopped at step {state.step} of {session.settings.total_steps}; checkpoint saved to "
+            f"{where}. Resume with: sftlab train <config> --resume", code
+        )  # fmt: skip
+    return state
+
+
+def finish(run_dir, session: Session, prepared: Prepared, config: RunConfig, state, before, after, say) -> None:
+    save_outputs(run_dir, session.unwrapped.model, prepared, config)
+    write_json(run_dir / "manifest.json", manifest(config, prepared, session.facts))
+    write_json(run_dir / "summary.json", {
+        "steps": state.step, "epochs": config.train.epochs, "train_seconds": round(state.train_seconds, 2),
+        "tokens": state.tokens, "supervised_tokens": state.supervised_tokens,
+        "eval_loss_before": before, "eval_loss_after": after,
+        "train_examples": len(prepared.train.examples), "train_rows": len(session.train_rows),
+        "skipped_nonfinite_steps": state.skipped_nonfinite,
+    })  # fmt: skip
+    say(f"eval loss {before:.4f} -> {after:.4f}; run saved to {run_dir}")
 
 
 def save_outputs(run_dir: Path, model, prepared: Prepared, config: RunConfig) -> None:

@@ -11,6 +11,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+def append_record(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
 class Reporter:
     """One per run, on the main process only (the others get `enabled=False`)."""
 
@@ -40,10 +45,8 @@ class Reporter:
             self.progress.start()
 
     def write(self, record: dict) -> None:
-        if not self.enabled or self.path is None:
-            return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        if self.enabled and self.path is not None:
+            append_record(self.path, record)
 
     def step(self, record: dict) -> None:
         if not self.enabled:
