@@ -132,10 +132,15 @@ def clear_partials(root: Path) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
 
 
+def fault_active(name: str, step: int) -> bool:
+    """Test seam: SFTLAB_FAULT=<name>:<step>[,...] marks places where tests inject a fault."""
+    wanted = os.environ.get("SFTLAB_FAULT")
+    return bool(wanted) and f"{name}:{step}" in wanted.split(",")
+
+
 def fault_point(name: str, step: int) -> None:
-    """Test seam: SFTLAB_FAULT=<name>:<step> kills the process right here (as a crash would)."""
-    wanted = os.environ.get("SFTLAB_FAULT", "")
-    if wanted == f"{name}:{step}":
+    """Die right here, as a crash (power loss, OOM killer, preemption) would."""
+    if fault_active(name, step):
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)

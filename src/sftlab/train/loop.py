@@ -24,6 +24,7 @@ import torch
 from sftlab.core.errors import SftlabError
 from sftlab.core.types import PackedRow
 from sftlab.pack.collate import EpochPlan, collate, group_by_budget, plan_epoch, rank_share
+from sftlab.train.checkpoint import fault_active, fault_point
 from sftlab.train.optim import lr_at, set_lr
 
 
@@ -80,9 +81,10 @@ def total_steps_for(rows, s: LoopSettings, world: int, epochs: float, max_steps:
     return min(total, max_steps) if max_steps else total
 
 
-def train_step(accelerator, model, optimizer, rows, step_groups, s: LoopSettings) -> dict:
+def train_step(accelerator, model, optimizer, rows, step_groups, s: LoopSettings, step: int = 0) -> dict:
     """One optimizer step over this process's share of the step's micro-batches."""
     world, rank = accelerator.num_processes, accelerator.process_index
+    scale = float("nan") if fault_active("nonfinite", step) else 1.0  # test seam: poisoned grads
     window = sum(rows[i].n_supervised for group in step_groups for i in group)
     mine = rank_share(step_groups, rank, world)
     loss_sum = torch.zeros((), device=accelerator.device)
@@ -95,8 +97,8 @@ def train_step(accelerator, model, optimizer, rows, step_groups, s: LoopSettings
         with sync:
             with accelerator.autocast():
                 summed = model(batch.input_ids, batch.position_ids, batch.targets)
-            accelerator.backward(summed * (world / window))
-        loss_sum += summed.detach().float()
+            accelerator.backward(summed * (scale * world / window))
+        loss_sum += summed.detach().float() * scale
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = s.max_grad_norm if s.max_grad_norm is not None else float("inf")
     grad_norm = accelerator.clip_grad_norm_(params, max_norm)
@@ -117,12 +119,13 @@ def run(accelerator, model, optimizer, rows, s: LoopSettings, state: LoopState, 
     while state.step < s.total_steps:
         plan: EpochPlan = plan_epoch(lengths, s.batch_tokens, s.micro_per_step, world, s.seed, state.epoch)
         for step_groups in plan.steps[state.step_in_epoch :]:
+            fault_point("step", state.step)
             if state.step >= s.total_steps or hooks.should_stop():
                 return state
             lr = lr_at(state.step, s.total_steps, s.peak_lr, s.warmup_steps, s.schedule, s.min_lr_ratio)
             set_lr(optimizer, lr)
             started = time.perf_counter()
-            record = train_step(accelerator, model, optimizer, rows, step_groups, s)
+            record = train_step(accelerator, model, optimizer, rows, step_groups, s, state.step + 1)
             if not math.isfinite(record["loss"]) or not math.isfinite(record["grad_norm"]):
                 _handle_nonfinite(optimizer, state, record, step_groups, rows, s)
             else:
