@@ -53,6 +53,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "train_throughput.json"
+PARTIAL_OUT = HERE / "results" / "train_throughput.partial.json"
 ALPACA = Path("/work/shared/data/alpaca_en_demo.json")
 
 # --- settings shared by both systems ---------------------------------------------------------
@@ -60,8 +61,12 @@ SEED = 0
 MAX_LENGTH = 512
 LORA_R, LORA_ALPHA, LORA_DROPOUT = 16, 32, 0.0
 LR = {"lora": 2e-4, "full": 2e-5}
-WARMUP_RATIO = 0.1  # 0.05 rounds to 0 warmup steps in sftlab but 1 in TRL on short runs
-MIN_LR_RATIO = 0.1  # sftlab's default cosine floor; TRL gets cosine_with_min_lr at the same rate
+WARMUP_RATIO = 0.05  # sftlab's default
+MIN_LR_RATIO = 0.1  # sftlab's default cosine floor
+# TRL's learning rates come from sftlab's own schedule function (see `matched_schedule`):
+# transformers' cosine_with_min_lr reaches the floor one step after the last, its warmup starts
+# at lr 0 and rounds the warmup steps up; over a 7-step epoch that is ~12% more learning rate
+# for TRL, and a 1-step warmup would make its first step a no-op. Same rates, same eval loss test.
 MAX_GRAD_NORM = 1.0
 BATCH_TOKENS = 2048  # sftlab's micro-batch budget (grad_accum 1) ...
 TRL_ROWS_PER_STEP = 4  # ... and TRL's packed rows of MAX_LENGTH per step: the same 2048 tokens
@@ -72,16 +77,17 @@ FLOPS_PER_PARAM = {"lora": 4, "full": 6}
 # held-out split; TRL trains ~90 supervised tokens/s here, so the full Alpaca sample (~140k)
 # would take ~25 min per TRL run: cap it by supervised tokens instead.
 QUICK_DATASETS = {"generated": None}
-FULL_DATASETS = {"generated": None, "alpaca": 24_000}
+FULL_DATASETS = {"generated": None, "alpaca": 16_000}
 
 VARIANTS = {
-    "sftlab": {"system": "sftlab", "pack": "auto",
-               "label": "sftlab (CPU defaults: pack auto, attention auto)"},
-    "sftlab_packed": {"system": "sftlab", "pack": True, "label": "sftlab, pack.enabled=true"},
-    "trl": {"system": "trl", "bf16": True, "packing": True,
-            "label": "TRL bf16 + padding-free bfd packing"},
-    "trl_default": {"system": "trl", "bf16": False, "packing": False,
-                    "label": "TRL fp32, no packing"},
+    "sftlab": {"system": "sftlab", "pack": "auto", "short": "sftlab",
+               "label": "sftlab, its CPU defaults (pack.enabled and attn_implementation auto)"},
+    "sftlab_packed": {"system": "sftlab", "pack": True, "short": "sftlab+pack",
+                      "label": "sftlab with pack.enabled=true"},
+    "trl": {"system": "trl", "bf16": True, "packing": True, "short": "trl",
+            "label": "TRL SFTTrainer, bf16 autocast + padding-free bfd packing"},
+    "trl_default": {"system": "trl", "bf16": False, "packing": False, "short": "trl-fp32",
+                    "label": "TRL SFTTrainer, fp32, no packing"},
 }  # fmt: skip
 
 
@@ -262,7 +268,7 @@ def child_prepare(spec: dict) -> dict:
 def child_ceilings(spec: dict) -> dict:
     import torch
 
-    def gflops(dtype, n: int = 2048, warmup: int = 2, repeats: int = 7) -> float:
+    def gflops(dtype, n: int = 2048, warmup: int = 2, repeats: int = 10) -> float:
         gen = torch.Generator().manual_seed(0)
         a = torch.randn(n, n, generator=gen).to(dtype)
         b = torch.randn(n, n, generator=gen).to(dtype)
@@ -287,26 +293,18 @@ def child_ceilings(spec: dict) -> dict:
 
 
 def child_sftlab(spec: dict) -> dict:
-    from sftlab.config import (
-        DataConfig,
-        LoraConfig,
-        PackConfig,
-        RunConfig,
-        SourceConfig,
-        TemplateConfig,
-        TrainConfig,
-    )  # fmt: skip
+    from sftlab import config as c
     from sftlab.recipes.sft import train
 
     run_dir, method = Path(spec["run_dir"]), spec["method"]
-    config = RunConfig(
+    config = c.RunConfig(
         name=spec["name"],
         output_dir=str(run_dir),
-        data=DataConfig(sources=[SourceConfig(path=spec["train_file"], format="messages")], eval_rows=0, seed=SEED),
-        template=TemplateConfig(max_length=MAX_LENGTH),  # system_prompt unset: the model's own
-        pack=PackConfig(enabled=spec["pack"]),
-        lora=LoraConfig(r=LORA_R, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, target_modules="all-linear"),
-        train=TrainConfig(
+        data=c.DataConfig(sources=[c.SourceConfig(path=spec["train_file"], format="messages")], eval_rows=0, seed=SEED),
+        template=c.TemplateConfig(max_length=MAX_LENGTH),  # system_prompt unset: the model's own
+        pack=c.PackConfig(enabled=spec["pack"]),
+        lora=c.LoraConfig(r=LORA_R, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, target_modules="all-linear"),
+        train=c.TrainConfig(
             method=method, lr=LR[method], epochs=1, batch_tokens=BATCH_TOKENS, grad_accum=1,
             warmup_ratio=WARMUP_RATIO, schedule="cosine", min_lr_ratio=MIN_LR_RATIO,
             max_grad_norm=MAX_GRAD_NORM, seed=SEED,
@@ -317,12 +315,17 @@ def child_sftlab(spec: dict) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     manifest = json.loads((run_dir / "manifest.json").read_text())
     weights = run_dir / ("adapter" if method == "lora" else "model")
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    steps = [r for r in map(json.loads, filter(None, lines)) if "step_seconds" in r]
+    seconds, supervised = [r["step_seconds"] for r in steps], [r["supervised_tokens"] for r in steps]
     return {
         "train_seconds": summary["train_seconds"],
         "tokens": summary["tokens"],
         "supervised_tokens": summary["supervised_tokens"],
         "steps": summary["steps"],
         "train_rows": summary["train_examples"],
+        "step_seconds": [round(x, 3) for x in seconds], "step_supervised_tokens": supervised,
+        "supervised_tokens_per_s_after_first_step": after_first_step(seconds, supervised),
         "eval_loss": trained_eval_loss(weights, method, Path(spec["eval_file"])),
         "memory": memory,
         "settings": {k: manifest[k] for k in ("precision", "attention", "packing")}
@@ -339,16 +342,67 @@ def trl_config(spec: dict, run_dir: Path, mean_row_tokens: float):
     return SFTConfig(
         output_dir=str(run_dir), num_train_epochs=1, per_device_train_batch_size=batch,
         gradient_accumulation_steps=1, learning_rate=LR[spec["method"]], weight_decay=0.0,
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": MIN_LR_RATIO},
+        lr_scheduler_type="cosine",  # replaced by `matched_schedule`; same shape, same floor
         warmup_steps=WARMUP_RATIO,  # transformers 5: a float < 1 is a ratio (warmup_ratio is gone)
         max_grad_norm=MAX_GRAD_NORM, seed=SEED, data_seed=SEED,
         bf16=spec["bf16"], fp16=False, use_cpu=True,  # bf16 autocast on CPU needs use_cpu=True
         packing=packing, packing_strategy="bfd", max_length=MAX_LENGTH,
         completion_only_loss=True,
-        gradient_checkpointing=False,  # SFTConfig defaults to True; recomputation only costs here
+        activation_checkpointing=False,  # SFTConfig's default is on (as gradient_checkpointing=True)
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none",
         disable_tqdm=True, dataloader_num_workers=0,
     )  # fmt: skip
+
+
+def bench_trainer(trainer_class):
+    """`trainer_class` with sftlab's learning-rate schedule and a per-step record.
+
+    Schedule: warmup, then cosine to the floor on the last step, from the same function sftlab's
+    loop calls, so both runs use the same rates. Record: wall seconds and supervised tokens of
+    each optimizer step (sftlab writes the same to metrics.jsonl)."""
+    from torch.optim.lr_scheduler import LambdaLR
+    from transformers import TrainerCallback
+
+    from sftlab.train.optim import lr_at
+
+    class StepClock(TrainerCallback):
+        def __init__(self, seconds: list):
+            self.seconds, self.started = seconds, 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds.append(time.perf_counter() - self.started)
+
+    class Trainer(trainer_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.step_seconds, self.step_supervised = [], []
+            self.add_callback(StepClock(self.step_seconds))
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            self.step_supervised.append(int((inputs["labels"] != -100).sum()))  # grad_accum is 1
+            return super().training_step(model, inputs, *args, **kwargs)
+
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            if self.lr_scheduler is None:
+                warmup = round(WARMUP_RATIO * num_training_steps)  # as sftlab.recipes.sft does
+
+                def factor(step: int) -> float:
+                    return lr_at(step, num_training_steps, 1.0, warmup, "cosine", MIN_LR_RATIO)
+
+                self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
+            return self.lr_scheduler
+
+    return Trainer
+
+
+def after_first_step(seconds: list[float], supervised: list[int]) -> float | None:
+    """Supervised tokens/s over every step but the first (which pays one-time warm-up costs)."""
+    if len(seconds) < 2 or len(seconds) != len(supervised):
+        return None
+    return sum(supervised[1:]) / max(sum(seconds[1:]), 1e-9)
 
 
 def trl_counts(dataset) -> tuple[int, int]:
@@ -376,7 +430,7 @@ def child_trl(spec: dict) -> dict:
     rows = [{"prompt": m[:-1], "completion": [m[-1]]} for m in read_messages(Path(spec["train_file"]))]
     lora = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
                       target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
-    trainer = SFTTrainer(
+    trainer = bench_trainer(SFTTrainer)(
         model=model, args=trl_config(spec, run_dir, spec["mean_row_tokens"]),
         train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
         peft_config=lora if method == "lora" else None,
@@ -390,16 +444,20 @@ def child_trl(spec: dict) -> dict:
     trainer.model.save_pretrained(str(weights))
     args = trainer.args
     steps = trainer.state.global_step
+    step_seconds, step_supervised = trainer.step_seconds, trainer.step_supervised
     del trainer, model
     return {
         "train_seconds": round(seconds, 2), "tokens": tokens, "supervised_tokens": supervised,
         "steps": steps, "train_rows": len(rows),
+        "step_seconds": [round(x, 3) for x in step_seconds], "step_supervised_tokens": step_supervised,
+        "supervised_tokens_per_s_after_first_step": after_first_step(step_seconds, step_supervised),
         "eval_loss": trained_eval_loss(weights, method, Path(spec["eval_file"])),
         "memory": memory,
         "settings": {"precision": "bf16" if args.bf16 else "fp32", "attention": "sdpa",
                      "packing": f"{args.packing_strategy} (padding-free)" if args.packing else False,
                      "per_device_train_batch_size": args.per_device_train_batch_size,
-                     "gradient_checkpointing": args.gradient_checkpointing, "optim": str(args.optim),
+                     "activation_checkpointing": args.activation_checkpointing,
+                     "optim": getattr(args.optim, "value", str(args.optim)),
                      "frozen_base_dtype": "fp32"},
     }  # fmt: skip
 
@@ -430,36 +488,54 @@ def run_child(task: str, spec: dict, work: Path, name: str) -> dict:
     started = time.perf_counter()
     with open(log_file, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env())
-        sampled = sample_peak_rss(proc)
+        try:
+            watched = watch(proc)
+        except KeyboardInterrupt:
+            proc.terminate()  # Ctrl-C reaches the child too; make sure it is gone before returning
+            proc.wait()
+            raise
     if proc.returncode != 0:
         tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-30:])
         raise ChildFailed(f"{name} failed (exit {proc.returncode}); log {log_file}:\n{tail}")
     result = json.loads(Path(spec["result_file"]).read_text())
     result["child_seconds"] = round(time.perf_counter() - started, 1)
-    if sampled is not None:
-        result.setdefault("memory", {})["sampled_peak_rss_mb"] = sampled
+    if watched:
+        result.setdefault("memory", {})["sampled_peak_rss_mb"] = watched["sampled_peak_rss_mb"]
+        result["other_cpu_share"] = watched["other_cpu_share"]
     result["log"] = str(log_file)
     return result
 
 
-def sample_peak_rss(proc: subprocess.Popen, interval: float = 0.25) -> float | None:
-    """Wait for `proc`, sampling its RSS with psutil (None when psutil is missing)."""
+def watch(proc: subprocess.Popen, interval: float = 0.25) -> dict:
+    """Wait for `proc`, sampling with psutil (when installed) its RSS and CPU time and the
+    machine's. `other_cpu_share` is the share of the machine's CPU time that went to anything
+    but the child while it ran: ~0 on an idle machine; above ~0.1 the run was contended."""
     try:
         import psutil
 
         handle = psutil.Process(proc.pid)
     except Exception:  # psutil missing, or the child already gone
         proc.wait()
-        return None
-    peak = 0
+        return {}
+
+    def busy() -> float:
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    started, busy_before = time.perf_counter(), busy()
+    peak, child_cpu = 0, 0.0
     while proc.poll() is None:
         try:
             peak = max(peak, handle.memory_info().rss)
+            cpu = handle.cpu_times()
+            child_cpu = cpu.user + cpu.system
         except psutil.Error:
             break
         time.sleep(interval)
     proc.wait()
-    return round(peak / 2**20, 1)
+    capacity = (time.perf_counter() - started) * (psutil.cpu_count() or 1)
+    other = max(0.0, busy() - busy_before - child_cpu)
+    return {"sampled_peak_rss_mb": round(peak / 2**20, 1), "other_cpu_share": round(other / capacity, 3)}
 
 
 def plan_runs(datasets: list[str], reps: int, full_mode: bool, only: str | None) -> list[Run]:
@@ -509,7 +585,7 @@ def geomean(values: list[float | None]) -> float | None:
     return math.exp(sum(map(math.log, values)) / len(values)) if values else None
 
 
-AGG_KEYS = ("supervised_tokens_per_s", "tokens_per_s", "train_seconds", "supervised_tokens", "tokens",
+AGG_KEYS = ("supervised_tokens_per_s", "supervised_tokens_per_s_after_first_step", "tokens_per_s", "train_seconds", "supervised_tokens", "tokens",
             "steps", "eval_loss", "mfu_vs_bf16", "mfu_vs_fp32", "model_gflops_per_s")  # fmt: skip
 
 
@@ -522,6 +598,7 @@ def aggregate(runs: list[dict]) -> dict | None:
     out["per_run"] = {key: [r[key] for r in runs] for key in ("supervised_tokens_per_s", "eval_loss")}
     out["per_run"]["peak_rss_mb"] = [r["memory"]["peak_rss_mb"] for r in runs]
     out["runs"] = len(runs)
+    out["other_cpu_share_max"] = max((r.get("other_cpu_share") or 0.0 for r in runs), default=None)
     out["train_rows"] = runs[0]["train_rows"]
     out["settings"] = runs[0]["settings"]
     return out
@@ -534,6 +611,7 @@ def compare(a: dict | None, b: dict | None) -> dict:
     return {
         "speedup_supervised_tokens_per_s": ratio(a["supervised_tokens_per_s"], b["supervised_tokens_per_s"]),
         "speedup_tokens_per_s": ratio(a["tokens_per_s"], b["tokens_per_s"]),
+        "speedup_after_first_step": ratio(a["supervised_tokens_per_s_after_first_step"], b["supervised_tokens_per_s_after_first_step"]),
         "peak_rss_ratio": ratio(a["peak_rss_mb"], b["peak_rss_mb"]),
         "eval_loss_ratio": ratio(a["eval_loss"], b["eval_loss"]),
         "paired_speedups": [ratio(x, y) for x, y in zip(a["per_run"]["supervised_tokens_per_s"], b["per_run"]["supervised_tokens_per_s"], strict=False)],
@@ -585,26 +663,37 @@ def print_report(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     table = Table(title="Training throughput on CPU: sftlab vs TRL (means over runs)")
-    for col in ("data", "method", "system", "runs", "sup. tokens", "sup. tok/s", "all tok/s",
+    for col in ("data", "method", "system", "runs", "sup. tokens", "sup. tok/s", "after step 1", "all tok/s",
                 "peak RSS MB", "eval loss (base ->)", "MFU bf16", "MFU fp32", "steps"):  # fmt: skip
         table.add_column(col, justify="left" if col in ("data", "method", "system") else "right")
     for ds, method, variant, a in table_rows(report):
         base = report["datasets"][ds]["eval_loss_base"]
         table.add_row(
-            ds, method, VARIANTS[variant]["label"], str(a["runs"]), fmt(a["supervised_tokens"], ",.0f"),
-            fmt(a["supervised_tokens_per_s"], ".1f"), fmt(a["tokens_per_s"], ".1f"), fmt(a["peak_rss_mb"], ",.0f"),
+            ds, method, VARIANTS[variant]["short"], str(a["runs"]), fmt(a["supervised_tokens"], ",.0f"),
+            fmt(a["supervised_tokens_per_s"], ".1f"), fmt(a["supervised_tokens_per_s_after_first_step"], ".1f"),
+            fmt(a["tokens_per_s"], ".1f"), fmt(a["peak_rss_mb"], ",.0f"),
             f"{base:.3f} -> {fmt(a['eval_loss'], '.3f')}", fmt(a["mfu_vs_bf16"], ".1%"),
             fmt(a["mfu_vs_fp32"], ".1%"), fmt(a["steps"], ".0f"),
         )  # fmt: skip
     console.print(table)
-    console.print(ratio_table(report))
+    shown = {variant for _, _, variant, _ in table_rows(report)}
+    for variant in (v for v in VARIANTS if v in shown):
+        console.print(f"  {VARIANTS[variant]['short']:<12} {VARIANTS[variant]['label']}")
+    if report["ratios_by_dataset"] and any(
+        r.get("speedup_supervised_tokens_per_s") for cmp in report["ratios_by_dataset"].values() for r in cmp.values()
+    ):
+        console.print(ratio_table(report))
     c = report["ceilings"]
     console.print(
-        f"matmul ceilings (2048^3, best of 7): bf16 {c['bf16_gflops']:.0f} GFLOP/s, fp32 {c['fp32_gflops']:.0f} GFLOP/s; "
+        f"matmul ceilings (2048^3, best of 10): bf16 {c['bf16_gflops']:.0f} GFLOP/s, fp32 {c['fp32_gflops']:.0f} GFLOP/s; "
         f"model FLOPs/token = {FLOPS_PER_PARAM['lora']}N (LoRA), {FLOPS_PER_PARAM['full']}N (full), N = {report['model']['parameters']:,}"
     )  # fmt: skip
+    contention = report.get("other_cpu_share_max")
+    if contention is not None and contention > 0.1:
+        console.print(f"[bold red]warning:[/] other processes took up to {contention:.0%} of the CPU during a run; "
+                      "rerun on an idle machine before quoting these numbers")  # fmt: skip
     console.print(
         f"headline (sftlab / TRL, geometric mean over data sets): speedup {fmt(report['speedup_supervised_tokens_per_s'], '.2f', 'x')}, "
         f"peak RSS ratio {fmt(report['peak_rss_ratio'], '.2f')}, eval loss ratio {fmt(report['eval_loss_ratio'], '.3f')}"
@@ -614,10 +703,11 @@ def print_report(report: dict) -> None:
 def ratio_table(report: dict):
     from rich.table import Table
 
-    table = Table(title="Ratios, same invocation (a / b)")
-    for col in ("data", "method", "a / b", "sup. tok/s", "all tok/s", "peak RSS", "eval loss", "paired speedups"):
+    table = Table(title="Ratios from this invocation (a / b; speedup > 1 and ratios < 1 favour a)")
+    for col in ("data", "method", "a / b", "sup. tok/s", "after step 1", "all tok/s", "peak RSS", "eval loss",
+                "paired speedups"):  # fmt: skip
         table.add_column(col, justify="left" if col in ("data", "method", "a / b") else "right")
-    rows = [(ds, "lora", name, r) for ds, cmp in report["ratios_by_dataset"].items() for name, r in cmp.items()]
+    rows = [(ds, "lora", name, r) for ds, cmp in report["ratios_by_dataset"].items() for name, r in cmp.items()]  # fmt: skip
     if report.get("full_finetuning"):
         rows.append(("generated", "full", "sftlab/trl", report["full_finetuning"]))
     for ds, method, name, r in rows:
@@ -625,7 +715,7 @@ def ratio_table(report: dict):
             continue
         paired = ", ".join(fmt(x, ".2f") for x in r.get("paired_speedups", []))
         table.add_row(ds, method, name, fmt(r["speedup_supervised_tokens_per_s"], ".2f", "x"),
-                      fmt(r["speedup_tokens_per_s"], ".2f", "x"), fmt(r["peak_rss_ratio"], ".2f"),
+                      fmt(r["speedup_after_first_step"], ".2f", "x"), fmt(r["speedup_tokens_per_s"], ".2f", "x"), fmt(r["peak_rss_ratio"], ".2f"),
                       fmt(r["eval_loss_ratio"], ".3f"), paired)  # fmt: skip
     return table
 
@@ -664,7 +754,8 @@ def settings() -> dict:
     return {
         "max_length": MAX_LENGTH,
         "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "dropout": LORA_DROPOUT, "target_modules": "all-linear"},
-        "lr": LR, "optimizer": "AdamW (betas 0.9/0.999, eps 1e-8, weight decay 0)", "schedule": "cosine",
+        "lr": LR, "optimizer": "AdamW (betas 0.9/0.999, eps 1e-8, weight decay 0)",
+        "schedule": "cosine to min_lr_ratio x lr on the last step (sftlab.train.optim.lr_at, used by both)",
         "warmup_ratio": WARMUP_RATIO, "min_lr_ratio": MIN_LR_RATIO, "max_grad_norm": MAX_GRAD_NORM,
         "seed": SEED, "epochs": 1, "sftlab_batch_tokens": BATCH_TOKENS, "sftlab_grad_accum": 1,
         "trl_packed_rows_per_step": TRL_ROWS_PER_STEP, "eval_rows": EVAL_ROWS,
@@ -681,9 +772,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="LoRA on the generated set, one run each (<10 min)")
     p.add_argument("--only", choices=["sftlab", "trl"], help="run one system only (no ratios)")
     p.add_argument("--rows", type=int, help="training rows per data set (default: quick = all of the generated set, "
-                   "full = all generated + Alpaca up to 24k supervised tokens)")  # fmt: skip
+                   "full = all generated + Alpaca up to 16k supervised tokens)")  # fmt: skip
     p.add_argument("--reps", type=int, help="repetitions per system (default: 1 quick, 2 full)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"result JSON (default {DEFAULT_OUT})")
+    p.add_argument("--out", type=Path, help=f"result JSON (default {DEFAULT_OUT}; with --rows or --only "
+                   f"{PARTIAL_OUT}, so a partial run never replaces a whole one)")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the work directory (data, runs, logs)")
     return p.parse_args(argv)
 
@@ -696,11 +788,26 @@ def chosen_datasets(args) -> dict:
     return {name: {"rows": args.rows, "target_supervised": target} for name, target in sizes.items()}
 
 
-def execute(args, work: Path) -> dict:
-    started = time.time()
+@dataclass
+class Session:
+    """One invocation: what was prepared and measured so far."""
+
+    args: argparse.Namespace
+    work: Path
+    started: float
+    machine: dict
+    data: dict
+    ceilings: list
+    results: list  # (Run, result) in run order
+    failures: list
+    interrupted: bool = False
+
+
+def start_session(args, work: Path) -> Session:
     machine = machine_info()
     if machine["loadavg_at_start"][0] > 0.5:
         print(f"warning: load average {machine['loadavg_at_start'][0]:.2f}; the CPU is not idle, numbers will be noisy")
+    started = time.time()
     sizes = chosen_datasets(args)
     print("preparing data (held-out split, token counts, base-model eval loss) ...", flush=True)
     data = run_child("prepare", {"workdir": str(work), "datasets": sizes}, work, "prepare")
@@ -708,28 +815,54 @@ def execute(args, work: Path) -> dict:
         print(f"  {name}: {ds['train_rows']} training rows ({ds['train_supervised_tokens']:,} supervised of "
               f"{ds['train_tokens']:,} tokens), {ds['eval_rows']} held out, base eval loss {ds['eval_loss_base']:.3f}")  # fmt: skip
     ceilings = [run_child("ceilings", {}, work, "ceilings-start")]
-    runs = plan_runs(list(sizes), args.reps or (1 if args.quick else 2), not args.quick, args.only)
-    results = []
+    return Session(args, work, started, machine, data, ceilings, [], [])
+
+
+def run_all(session: Session) -> None:
+    """Every planned run in order; a failed run is recorded and skipped, Ctrl-C stops cleanly.
+    The result file is rewritten after each run, so a long invocation never loses finished runs."""
+    args = session.args
+    datasets = list(session.data["datasets"])
+    runs = plan_runs(datasets, args.reps or (1 if args.quick else 2), not args.quick, args.only)
     for i, run in enumerate(runs, 1):
         print(f"[{i}/{len(runs)}] {run.name} ...", end=" ", flush=True)
-        result = run_child(run.system, run_spec(run, data, work), work, run.name)
-        results.append((run, result))
+        try:
+            result = run_child(run.system, run_spec(run, session.data, session.work), session.work, run.name)
+        except ChildFailed as exc:
+            print(f"FAILED\n{exc}", flush=True)
+            session.failures.append({"run": run.name, "error": str(exc)})
+            continue
+        except KeyboardInterrupt:
+            print("\ninterrupted: reporting the runs finished so far")
+            session.interrupted = True
+            return
+        session.results.append((run, result))
         print(f"{result['supervised_tokens'] / result['train_seconds']:.1f} supervised tok/s, "
               f"{result['train_seconds']:.0f} s training, eval loss {result['eval_loss']:.3f} ({result['child_seconds']:.0f} s)")  # fmt: skip
-    ceilings.append(run_child("ceilings", {}, work, "ceilings-end"))
-    best = {k: max(c[k] for c in ceilings) for k in ("bf16_gflops", "fp32_gflops")}
-    rows = [add_rates(result, run, data["model"]["parameters"], best) for run, result in results]
-    machine["loadavg_at_end"] = os.getloadavg()
+        if result.get("other_cpu_share", 0) > 0.1:
+            print(f"    warning: other processes used {result['other_cpu_share']:.0%} of the CPU during this run")
+        write_json_atomic(args.out, build_report(session))
+
+
+def build_report(session: Session) -> dict:
+    args, data = session.args, session.data
+    best = {k: max(c[k] for c in session.ceilings) for k in ("bf16_gflops", "fp32_gflops")}
+    rows = [add_rates(dict(result), run, data["model"]["parameters"], best) for run, result in session.results]
+    machine = {**session.machine, "loadavg_now": os.getloadavg()}
     report = {
         "benchmark": "train_throughput", "mode": "quick" if args.quick else "full",
-        "rows_override": args.rows, "only": args.only, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "machine": machine, "versions": versions(), "ceilings": {**best, "measurements": ceilings},
+        "rows_override": args.rows, "reps_override": args.reps, "only": args.only,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(session.started)),
+        "machine": machine, "versions": versions(), "ceilings": {**best, "measurements": session.ceilings},
         "model": {"name": "default (embedded SmolLM2-135M-Instruct, fp32 safetensors)", **data["model"]},
         "settings": settings(), "datasets": data["datasets"],
     }  # fmt: skip
-    report.update(summarise(rows, list(sizes)))
+    report.update(summarise(rows, list(data["datasets"])))
     report["runs"] = rows
-    report["wall_seconds"] = round(time.time() - started, 1)
+    report["other_cpu_share_max"] = max((r.get("other_cpu_share") or 0.0 for r in rows), default=None)
+    report["failures"] = session.failures
+    report["interrupted"] = session.interrupted
+    report["wall_seconds"] = round(time.time() - session.started, 1)
     return report
 
 
@@ -739,20 +872,26 @@ def main(argv: list[str] | None = None) -> int:
         child_main(argv[1], argv[2])
         return 0
     args = parse_args(argv)
+    if args.out is None:
+        args.out = PARTIAL_OUT if args.rows or args.only else DEFAULT_OUT
     work = Path(tempfile.mkdtemp(prefix="sftlab-bench-"))
     try:
-        report = execute(args, work)
+        session = start_session(args, work)
     except ChildFailed as exc:
         print(f"\n{exc}\nwork directory kept: {work}", file=sys.stderr)
         return 1
+    run_all(session)
+    if not session.interrupted:
+        session.ceilings.append(run_child("ceilings", {}, work, "ceilings-end"))
+    report = build_report(session)
     write_json_atomic(args.out, report)
     print_report(report)
     print(f"results written to {args.out} ({report['wall_seconds']:.0f} s)")
-    if args.keep:
+    if args.keep or session.failures:
         print(f"work directory kept: {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return 130 if session.interrupted else (1 if session.failures else 0)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ class DataConfig(Strict):
     eval_rows: int | None = Field(default=None, ge=0)
     """Rows held out for eval loss (overrides eval_fraction)."""
     seed: int = 0
+    cache: bool = True
+    """Reuse rendered data from SFTLAB_CACHE/data when files and settings are unchanged."""
 
 
 class TemplateConfig(Strict):

@@ -109,11 +109,14 @@ class PackedRow:
         return int((self.targets != IGNORE_INDEX).sum())
 
 
-def next_token_targets(labels: np.ndarray) -> np.ndarray:
-    """targets[t] = labels[t + 1]: what position t must predict. The last position predicts nothing.
+def next_token_targets(labels: np.ndarray, seq_ends: list[int] | None = None) -> np.ndarray:
+    """targets[t] = labels[t + 1]: what position t must predict. The last position of each
+    sequence (seq_ends: exclusive end offsets of sequences laid end to end; one sequence if
+    None) predicts nothing, so one example never learns to predict the next one's first token.
 
     This is the only label shift in sftlab; loss code consumes targets as they are.
     """
-    targets = np.full_like(labels, IGNORE_INDEX)
+    targets = np.empty_like(labels)
     targets[:-1] = labels[1:]
+    targets[[end - 1 for end in seq_ends] if seq_ends is not None else -1] = IGNORE_INDEX
     return targets

@@ -16,6 +16,7 @@ last token of one example never predicts the first of the next.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,11 +50,14 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
 
 
 def make_row(examples: Sequence[TokenizedExample]) -> PackedRow:
+    lengths = [len(e) for e in examples]
+    ends = list(itertools.accumulate(lengths))
+    starts = np.repeat(np.array([end - n for end, n in zip(ends, lengths, strict=True)]), lengths)
     return PackedRow(
         input_ids=np.concatenate([e.input_ids for e in examples]),
-        targets=np.concatenate([next_token_targets(e.labels) for e in examples]),
-        position_ids=np.concatenate([np.arange(len(e), dtype=np.int32) for e in examples]),
-        seq_lens=[len(e) for e in examples],
+        targets=next_token_targets(np.concatenate([e.labels for e in examples]), ends),
+        position_ids=(np.arange(ends[-1]) - starts).astype(np.int32),
+        seq_lens=lengths,
         sources=[e.source for e in examples],
     )
 

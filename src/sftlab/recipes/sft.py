@@ -19,8 +19,7 @@ import sftlab
 from sftlab.config import RunConfig, to_yaml
 from sftlab.core.errors import Interrupted, SftlabError
 from sftlab.core.hashing import hash_path, hash_text
-from sftlab.core.io import write_json, write_jsonl, write_text_atomic
-from sftlab.data.mixture import Mixture, build_mixture, load_source
+from sftlab.core.io import write_json, write_text_atomic
 from sftlab.export.artifacts import save_chat_format, save_tokenizer, save_trained
 from sftlab.model.device import (
     accelerate_precision,
@@ -29,14 +28,12 @@ from sftlab.model.device import (
     resolve_precision,
     storage_dtype,
 )
-from sftlab.model.load import ModelRef, load_model, load_tokenizer, resolve_model
+from sftlab.model.load import ModelRef, load_model
 from sftlab.model.lora import add_lora, count_parameters
 from sftlab.model.loss import SupervisedLoss
 from sftlab.pack.packing import build_rows
-from sftlab.template.checks import mask_report, preflight
-from sftlab.template.encode import EncodedSet, encode_dataset
-from sftlab.template.format import build_chat_format
-from sftlab.template.render import Renderer
+from sftlab.recipes.prepare import Prepared, prepare_data, write_preflight
+from sftlab.template.checks import preflight
 from sftlab.train import checkpoint, loop
 from sftlab.train.metrics import Reporter, append_record
 from sftlab.train.optim import build_optimizer
@@ -47,19 +44,6 @@ from sftlab.train.resume import (
     pick_checkpoint,
     truncate_metrics,
 )
-
-
-@dataclass
-class Prepared:
-    """Everything decided before a model is loaded."""
-
-    ref: ModelRef
-    tokenizer: object
-    renderer: Renderer
-    mixture: Mixture
-    train: EncodedSet
-    eval: EncodedSet
-    report: dict
 
 
 def prepare_run_dir(config: RunConfig) -> Path:
@@ -73,50 +57,6 @@ def prepare_run_dir(config: RunConfig) -> Path:
         raise SftlabError(f"cannot write to the run directory {run_dir}: {exc.strerror}") from None
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))
     return run_dir
-
-
-def prepare_data(config: RunConfig, base_dir: Path | None, say=print) -> Prepared:
-    """Data and template stages: every row kept or rejected with a reason; the mask checked."""
-    sources = [load_source(source, base_dir) for source in config.data.sources]
-    sizes = [(s.ratio, s.rows) for s in config.data.sources]
-    d = config.data
-    mixture = build_mixture(sources, sizes, d.eval_fraction, d.eval_rows, d.seed)
-    ref = resolve_model(config.model.name, config.model.allow_pickle)
-    tokenizer = load_tokenizer(ref, config.model.trust_remote_code)
-    renderer = Renderer(tokenizer, build_chat_format(tokenizer, config.template))
-    t = config.template
-    train_set = encode_dataset(renderer, mixture.train, t.max_length, t.truncation)
-    eval_set = encode_dataset(renderer, mixture.eval, t.max_length, t.truncation)
-    rejected = dedupe(mixture.rejected + train_set.rejected + eval_set.rejected)
-    report = mask_report(
-        renderer, train_set.conversations, train_set.examples, rejected, train_set.truncated
-    )
-    report["data"] = mixture.report
-    report["eval_rows"] = len(eval_set.examples)
-    say(
-        f"data: {report['rows']} training rows ({report['supervised_tokens']:,} supervised of "
-        f"{report['tokens']:,} tokens, {report['supervised_share']:.0%}), {len(eval_set.examples)} eval "
-        f"rows, {len(rejected)} rejected, {report['truncated_rows']} truncated"
-    )
-    return Prepared(ref, tokenizer, renderer, mixture, train_set, eval_set, report)
-
-
-def dedupe(rejections):
-    """A repeated source (ratio > 1) can reject the same row twice; list it once."""
-    seen, out = set(), []
-    for r in rejections:
-        key = (r.file, r.index, r.stage, r.reason)
-        if key not in seen:
-            seen.add(key)
-            out.append(r)
-    return out
-
-
-def write_preflight(run_dir: Path, prepared: Prepared) -> None:
-    write_json(run_dir / "mask_report.json", prepared.report)
-    rejected = dedupe(prepared.mixture.rejected + prepared.train.rejected + prepared.eval.rejected)
-    write_jsonl(run_dir / "rejected.jsonl", (r.to_json() for r in rejected))
-    preflight(prepared.report)
 
 
 def build_model(config: RunConfig, ref: ModelRef, precision: str, attention: str):
@@ -174,10 +114,7 @@ def manifest(config: RunConfig, prepared: Prepared, extra: dict) -> dict:
         "tokenizer_sha256": hash_path(tokenizer_file) if tokenizer_file.is_file() else None,
         "template_sha256": hash_text(renderer.fmt.template),
         "end_of_turn": renderer.fmt.end_of_turn,
-        "data": [
-            {**source, "sha256": hash_path(source["file"])}
-            for source in prepared.mixture.report.get("sources", [])
-        ],
+        "data": prepared.sources,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -215,8 +152,8 @@ def setup(config: RunConfig, prepared: Prepared, accelerator, device_type: str, 
     precision = resolve_precision(t.precision, device_type)
     packing = resolve_packing(config.pack.enabled, device_type)
     attention = resolve_attention(config.model.attn_implementation, device_type, packing)
-    train_rows = build_rows(prepared.train.examples, tmpl.max_length, packing)
-    eval_rows = build_rows(prepared.eval.examples, tmpl.max_length, packing)
+    train_rows = build_rows(prepared.train, tmpl.max_length, packing)
+    eval_rows = build_rows(prepared.eval, tmpl.max_length, packing)
     model = build_model(config, prepared.ref, precision, attention)
     trainable, total = count_parameters(model)
     say(
@@ -250,7 +187,7 @@ def checkpoint_meta(config: RunConfig, prepared: Prepared) -> dict:
     """What a resume must find unchanged (see train/resume.py)."""
     return {
         "config": config.model_dump(mode="json"),
-        "data": [{"file": s["file"], "sha256": hash_path(s["file"])} for s in prepared.mixture.report["sources"]],
+        "data": [{"file": s["file"], "sha256": s["sha256"]} for s in prepared.sources],
         "template_sha256": hash_text(prepared.renderer.fmt.template),
     }
 
@@ -353,7 +290,7 @@ def finish(run_dir, session: Session, prepared: Prepared, config: RunConfig, sta
         "steps": state.step, "epochs": config.train.epochs, "train_seconds": round(state.train_seconds, 2),
         "tokens": state.tokens, "supervised_tokens": state.supervised_tokens,
         "eval_loss_before": before, "eval_loss_after": after,
-        "train_examples": len(prepared.train.examples), "train_rows": len(session.train_rows),
+        "train_examples": len(prepared.train), "train_rows": len(session.train_rows),
         "skipped_nonfinite_steps": state.skipped_nonfinite,
     })  # fmt: skip
     say(f"eval loss {before:.4f} -> {after:.4f}; run saved to {run_dir}")

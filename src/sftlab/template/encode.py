@@ -47,34 +47,36 @@ def fit_length(example: TokenizedExample, max_length: int, policy: str) -> Token
 
 
 def encode_dataset(
-    renderer: Renderer, conversations: Sequence[Conversation], max_length: int, truncation: str
+    renderer: Renderer, conversations: Sequence[Conversation], max_length: int, truncation: str,
+    chunk: int = 2048,
 ) -> EncodedSet:
     out = EncodedSet()
-    for conv in conversations:
-        stage = "render"
-        try:
-            example = renderer.encode(conv)
-            stage = "length"
-            fitted = fit_length(example, max_length, truncation)
-            if not (fitted.labels[1:] != IGNORE_INDEX).any():  # position 0 is never predicted
-                raise RowError("nothing to learn: no supervised token after the first position")
-        except RowError as err:
-            ref = conv.source
-            out.rejected.append(
-                Rejection(
-                    ref.file if ref else "?",
-                    ref.line if ref else 0,
-                    ref.index if ref else -1,
-                    stage,
-                    str(err),
-                    row=conversation_json(conv),
-                )
-            )
-            continue
-        out.truncated += fitted.truncated
-        out.examples.append(fitted)
-        out.conversations.append(conv)
+    for start in range(0, len(conversations), chunk):
+        batch = conversations[start : start + chunk]
+        for conv, result in zip(batch, renderer.encode_many(batch), strict=True):
+            stage = "render"
+            try:
+                if isinstance(result, RowError):
+                    raise result
+                stage = "length"
+                fitted = fit_length(result, max_length, truncation)
+                if not (fitted.labels[1:] != IGNORE_INDEX).any():  # position 0 is never predicted
+                    raise RowError("nothing to learn: no supervised token after the first position")
+            except RowError as err:
+                out.rejected.append(rejection(conv, stage, str(err)))
+                continue
+            out.truncated += fitted.truncated
+            out.examples.append(fitted)
+            out.conversations.append(conv)
     return out
+
+
+def rejection(conv: Conversation, stage: str, reason: str) -> Rejection:
+    ref = conv.source
+    return Rejection(
+        ref.file if ref else "?", ref.line if ref else 0, ref.index if ref else -1, stage, reason,
+        row=conversation_json(conv),
+    )  # fmt: skip
 
 
 def conversation_json(conv: Conversation) -> dict:

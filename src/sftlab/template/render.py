@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -190,7 +191,7 @@ class Renderer:
     def content_ids(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._plain.encode_batch(texts, add_special_tokens=False)]
 
-    def assemble(self, pieces: list[Piece], contents: list[str], content_ids: dict[int, list[int]]):
+    def assemble(self, pieces: list[Piece], content_ids: dict[int, list[int]]):
         """Concatenate piece ids; returns ids, labels and the token offsets of turn ends."""
         ids: list[int] = []
         labels: list[int] = []
@@ -205,31 +206,56 @@ class Renderer:
             raise RowError("double BOS: the rendered conversation starts with two BOS tokens")
         return ids, labels, turn_ends
 
-    def encode(self, conv: Conversation) -> TokenizedExample:
-        """One row -> ids and labels (no length limit; see template.truncate)."""
-        if conv.kind == "text":
-            return self.encode_text(conv)
-        pieces, contents = self.pieces(conv)
-        needed = sorted({int(p.text) for p in pieces if p.is_content})
-        encoded = dict(zip(needed, self.content_ids([contents[i] for i in needed]), strict=True))
-        ids, labels, turn_ends = self.assemble(pieces, contents, encoded)
+    def encode_many(
+        self, conversations: Sequence[Conversation], generation_prompt: bool = False
+    ) -> list[TokenizedExample | RowError]:
+        """Rows -> examples (or the RowError that rejects each). Every content piece of every row
+        goes to the tokenizer in one batch, which it spreads over the cores."""
+        staged: list = []
+        texts: list[str] = []
+        for conv in conversations:
+            if conv.kind == "text":
+                staged.append((conv, None, len(texts)))
+                texts.append(conv.text)
+                continue
+            try:
+                pieces, contents = self.pieces(conv, generation_prompt)
+            except RowError as err:
+                staged.append(err)
+                continue
+            needed = sorted({int(p.text) for p in pieces if p.is_content})
+            staged.append((conv, (pieces, needed), len(texts)))
+            texts.extend(contents[i] for i in needed)
+        encoded = self.content_ids(texts) if texts else []
+        return [item if isinstance(item, RowError) else self._finish(*item, encoded) for item in staged]
+
+    def _finish(self, conv: Conversation, layout, offset: int, encoded: list[list[int]]):
+        if layout is None:  # raw text: BOS if the tokenizer uses one, the text, EOS; all supervised
+            ids = ([self.text_bos] if self.text_bos is not None else []) + encoded[offset]
+            if self.tokenizer.eos_token_id is not None:
+                ids.append(self.tokenizer.eos_token_id)
+            return _example(ids, list(ids), conv, [])
+        pieces, needed = layout
+        by_index = {i: encoded[offset + k] for k, i in enumerate(needed)}
+        try:
+            ids, labels, turn_ends = self.assemble(pieces, by_index)
+        except RowError as err:
+            return err
         return _example(ids, labels, conv, turn_ends)
 
-    def encode_text(self, conv: Conversation) -> TokenizedExample:
-        """Raw text (continued pretraining): BOS if the tokenizer uses one, the text, EOS; all supervised."""
-        ids = self.content_ids([conv.text])[0]
-        if self.text_bos is not None:
-            ids = [self.text_bos, *ids]
-        if self.tokenizer.eos_token_id is not None:
-            ids.append(self.tokenizer.eos_token_id)
-        return _example(ids, list(ids), conv, [len(ids)])
+    def encode(self, conv: Conversation) -> TokenizedExample:
+        """One row -> ids and labels (no length limit; see template.encode.fit_length)."""
+        result = self.encode_many([conv])[0]
+        if isinstance(result, RowError):
+            raise result
+        return result
 
     def encode_prompt(self, conv: Conversation) -> list[int]:
         """Inference: messages + generation prompt, tokenized exactly as in training."""
-        pieces, contents = self.pieces(conv, generation_prompt=True)
-        needed = sorted({int(p.text) for p in pieces if p.is_content})
-        encoded = dict(zip(needed, self.content_ids([contents[i] for i in needed]), strict=True))
-        return self.assemble(pieces, contents, encoded)[0]
+        result = self.encode_many([conv], generation_prompt=True)[0]
+        if isinstance(result, RowError):
+            raise result
+        return result.input_ids.tolist()
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from sftlab.core.errors import SftlabError
 from sftlab.core.io import write_json
 
 PREFIX = "step-"
+FILES = ("trainable.safetensors", "optimizer.pt", "rng.pt", "state.json")
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,17 @@ def checkpoints(root: Path) -> list[Checkpoint]:
         return []
     found = []
     for entry in root.iterdir():
-        if entry.is_dir() and entry.name.startswith(PREFIX) and (entry / "state.json").is_file():
+        if entry.is_dir() and entry.name.startswith(PREFIX) and all((entry / f).is_file() for f in FILES):
             found.append(Checkpoint(entry, int(entry.name[len(PREFIX) :])))
     return sorted(found, key=lambda c: c.step)
+
+
+def _discard(folder: Path) -> None:
+    """Rename first (atomic), delete after: a crash mid-delete leaves a `.discard-` folder that
+    the next run removes, never a half-deleted checkpoint that looks complete."""
+    doomed = folder.with_name(f".discard-{folder.name}-{os.getpid()}")
+    folder.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -101,10 +110,11 @@ def save(root: Path, model, optimizer, loop_state: dict, meta: dict, keep_last: 
     fault_point("checkpoint-write", step)
     write_json(partial / "state.json", {"loop": loop_state, "rng": _rng_state(), **meta})
     _fsync_tree(partial)
-    shutil.rmtree(final, ignore_errors=True)
+    if final.exists():  # the same step saved again (a resume that had nothing left to do)
+        _discard(final)
     partial.rename(final)
-    for old in checkpoints(root)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old.path, ignore_errors=True)
+    for old in checkpoints(root)[:-keep_last]:
+        _discard(old.path)
     return final
 
 
@@ -125,10 +135,10 @@ def load(checkpoint: Checkpoint, model, optimizer) -> dict:
 
 
 def clear_partials(root: Path) -> None:
-    """Remove leftovers of a checkpoint write that a crash interrupted."""
+    """Remove leftovers of a checkpoint write or delete that a crash interrupted."""
     if root.is_dir():
         for entry in root.iterdir():
-            if entry.name.startswith(".partial-"):
+            if entry.name.startswith((".partial-", ".discard-")):
                 shutil.rmtree(entry, ignore_errors=True)
 
 
