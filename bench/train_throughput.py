@@ -63,12 +63,12 @@ LORA_R, LORA_ALPHA, LORA_DROPOUT = 16, 32, 0.0
 LR = {"lora": 2e-4, "full": 2e-5}
 WARMUP_RATIO = 0.05  # sftlab's default
 MIN_LR_RATIO = 0.1  # sftlab's default cosine floor
-# TRL's learning rates come from sftlab's own schedule function (see `matched_schedule`):
+# TRL's learning rates come from sftlab's own schedule function (see `bench_trainer`):
 # transformers' cosine_with_min_lr reaches the floor one step after the last, its warmup starts
 # at lr 0 and rounds the warmup steps up; over a 7-step epoch that is ~12% more learning rate
 # for TRL, and a 1-step warmup would make its first step a no-op. Same rates, same eval loss test.
 MAX_GRAD_NORM = 1.0
-BATCH_TOKENS = 2048  # sftlab's micro-batch budget (grad_accum 1) ...
+BATCH_TOKENS, GRAD_ACCUM = 1024, 2  # sftlab's defaults: 2 micro-batches of 1024 tokens per step ...
 TRL_ROWS_PER_STEP = 4  # ... and TRL's packed rows of MAX_LENGTH per step: the same 2048 tokens
 EVAL_ROWS = 40  # held-out conversations per data set, never trained on
 FLOPS_PER_PARAM = {"lora": 4, "full": 6}
@@ -305,7 +305,7 @@ def child_sftlab(spec: dict) -> dict:
         pack=c.PackConfig(enabled=spec["pack"]),
         lora=c.LoraConfig(r=LORA_R, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, target_modules="all-linear"),
         train=c.TrainConfig(
-            method=method, lr=LR[method], epochs=1, batch_tokens=BATCH_TOKENS, grad_accum=1,
+            method=method, lr=LR[method], epochs=1, batch_tokens=BATCH_TOKENS, grad_accum=GRAD_ACCUM,
             warmup_ratio=WARMUP_RATIO, schedule="cosine", min_lr_ratio=MIN_LR_RATIO,
             max_grad_norm=MAX_GRAD_NORM, seed=SEED,
         ),
@@ -338,11 +338,11 @@ def trl_config(spec: dict, run_dir: Path, mean_row_tokens: float):
 
     packing = spec["packing"]
     # Packed: 4 rows of 512 per step. Unpacked: as many rows as average 2048 tokens.
-    batch = TRL_ROWS_PER_STEP if packing else max(1, round(BATCH_TOKENS / mean_row_tokens))
+    batch = TRL_ROWS_PER_STEP if packing else max(1, round(BATCH_TOKENS * GRAD_ACCUM / mean_row_tokens))
     return SFTConfig(
         output_dir=str(run_dir), num_train_epochs=1, per_device_train_batch_size=batch,
         gradient_accumulation_steps=1, learning_rate=LR[spec["method"]], weight_decay=0.0,
-        lr_scheduler_type="cosine",  # replaced by `matched_schedule`; same shape, same floor
+        lr_scheduler_type="cosine",  # replaced in `bench_trainer` by sftlab's own schedule
         warmup_steps=WARMUP_RATIO,  # transformers 5: a float < 1 is a ratio (warmup_ratio is gone)
         max_grad_norm=MAX_GRAD_NORM, seed=SEED, data_seed=SEED,
         bf16=spec["bf16"], fp16=False, use_cpu=True,  # bf16 autocast on CPU needs use_cpu=True
@@ -585,8 +585,9 @@ def geomean(values: list[float | None]) -> float | None:
     return math.exp(sum(map(math.log, values)) / len(values)) if values else None
 
 
-AGG_KEYS = ("supervised_tokens_per_s", "supervised_tokens_per_s_after_first_step", "tokens_per_s", "train_seconds", "supervised_tokens", "tokens",
-            "steps", "eval_loss", "mfu_vs_bf16", "mfu_vs_fp32", "model_gflops_per_s")  # fmt: skip
+AGG_KEYS = ("supervised_tokens_per_s", "supervised_tokens_per_s_after_first_step", "tokens_per_s",
+            "train_seconds", "supervised_tokens", "tokens", "steps", "eval_loss",
+            "mfu_vs_bf16", "mfu_vs_fp32", "model_gflops_per_s")  # fmt: skip
 
 
 def aggregate(runs: list[dict]) -> dict | None:
@@ -757,7 +758,7 @@ def settings() -> dict:
         "lr": LR, "optimizer": "AdamW (betas 0.9/0.999, eps 1e-8, weight decay 0)",
         "schedule": "cosine to min_lr_ratio x lr on the last step (sftlab.train.optim.lr_at, used by both)",
         "warmup_ratio": WARMUP_RATIO, "min_lr_ratio": MIN_LR_RATIO, "max_grad_norm": MAX_GRAD_NORM,
-        "seed": SEED, "epochs": 1, "sftlab_batch_tokens": BATCH_TOKENS, "sftlab_grad_accum": 1,
+        "seed": SEED, "epochs": 1, "sftlab_batch_tokens": BATCH_TOKENS, "sftlab_grad_accum": GRAD_ACCUM,
         "trl_packed_rows_per_step": TRL_ROWS_PER_STEP, "eval_rows": EVAL_ROWS,
         "model_flops_per_token": {"lora": "4N", "full": "6N"},
         "throughput_clock": {"sftlab": "summary.json train_seconds", "trl": "trainer.train() wall time"},

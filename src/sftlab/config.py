@@ -107,9 +107,11 @@ class TrainConfig(Strict):
     """Peak learning rate. None: 2e-4 for LoRA, 2e-5 for full fine-tuning."""
     epochs: float = Field(default=3, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
-    batch_tokens: int = Field(default=4096, gt=0)
-    """Token budget of one micro-batch (rows x row length)."""
-    grad_accum: int = Field(default=1, gt=0)
+    batch_tokens: int = Field(default=1024, gt=0)
+    """Token budget of one micro-batch (rows x padded row length). A memory knob: how rows fall
+    into micro-batches never changes the gradient (the loss is normalised per step)."""
+    grad_accum: int = Field(default=2, gt=0)
+    """Micro-batches per optimizer step (per process)."""
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
@@ -122,6 +124,7 @@ class TrainConfig(Strict):
     """Steps between eval-loss passes; None: at the end of each epoch."""
     log_every: int = Field(default=1, gt=0)
     compile: bool = False
+    """torch.compile each decoder layer: about +25% tokens/s on CPU after ~40 s of compiling."""
     gradient_checkpointing: bool = False
     save_every: int | None = Field(default=None, gt=0)
     """Steps between checkpoints (one is always written at the end)."""

@@ -63,3 +63,20 @@ def resolve_attention(choice: str, device_type: str, packing: bool) -> str:
     if device_type == "cpu" and not packing:
         return "eager"
     return "sdpa"
+
+
+def compile_layers(model) -> int:
+    """Compile each decoder layer in place ("regional" compilation). The layers share one graph,
+    so compiling costs about one layer's worth (~40 s on 2 CPU cores for SmolLM2, against ~7 min
+    for the whole model) and parameter names stay unchanged for checkpoints. Measured +25%
+    tokens/s on CPU; it pays off for runs longer than a few minutes."""
+    from torch import nn
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    compiled = 0
+    for module in base.get_decoder().children():
+        if isinstance(module, nn.ModuleList):
+            for layer in module:
+                layer.compile(dynamic=True)
+                compiled += 1
+    return compiled

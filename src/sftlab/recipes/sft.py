@@ -23,6 +23,7 @@ from sftlab.core.io import write_json, write_text_atomic
 from sftlab.export.artifacts import save_chat_format, save_tokenizer, save_trained
 from sftlab.model.device import (
     accelerate_precision,
+    compile_layers,
     resolve_attention,
     resolve_packing,
     resolve_precision,
@@ -31,6 +32,7 @@ from sftlab.model.device import (
 from sftlab.model.load import ModelRef, load_model
 from sftlab.model.lora import add_lora, count_parameters
 from sftlab.model.loss import SupervisedLoss
+from sftlab.model.memory import recompute_gated_products
 from sftlab.pack.packing import build_rows
 from sftlab.recipes.prepare import Prepared, prepare_data, write_preflight
 from sftlab.template.checks import preflight
@@ -70,12 +72,14 @@ def build_model(config: RunConfig, ref: ModelRef, precision: str, attention: str
         allow_pickle=config.model.allow_pickle,
     )
     model.config.use_cache = False
+    if not t.compile and not torch.cuda.is_available():  # compiled layers recompute by themselves
+        recompute_gated_products(model)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if t.method == "lora":
         lc = config.lora
-        model = add_lora(model, lc.r, lc.alpha, lc.dropout, lc.target_modules)
+        model = add_lora(model, lc.r, lc.alpha, lc.dropout, lc.target_modules, autocast=precision != "fp32")
     model.train()
     return model
 
@@ -164,7 +168,7 @@ def setup(config: RunConfig, prepared: Prepared, accelerator, device_type: str, 
     optimizer = build_optimizer(wrapped, t.peak_lr(), t.weight_decay)
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
     if t.compile:
-        wrapped = torch.compile(wrapped, dynamic=True)
+        compile_layers(model)
     world = accelerator.num_processes
     settings = loop.LoopSettings(
         peak_lr=t.peak_lr(), total_steps=0, warmup_steps=0, schedule=t.schedule,

@@ -23,6 +23,7 @@ import torch
 
 from sftlab.core.errors import SftlabError
 from sftlab.core.types import PackedRow
+from sftlab.model.memory import peak_memory_mb, release_free_memory
 from sftlab.pack.collate import EpochPlan, collate, group_by_budget, plan_epoch, rank_share
 from sftlab.train.checkpoint import fault_active, fault_point
 from sftlab.train.optim import lr_at, set_lr
@@ -131,6 +132,8 @@ def run(accelerator, model, optimizer, rows, s: LoopSettings, state: LoopState, 
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if accelerator.device.type == "cpu":
+                release_free_memory()
             elapsed = time.perf_counter() - started
             state.step += 1
             state.step_in_epoch += 1
@@ -144,6 +147,7 @@ def run(accelerator, model, optimizer, rows, s: LoopSettings, state: LoopState, 
                 step_seconds=elapsed,
                 tokens_per_s=record["tokens"] / elapsed,
                 supervised_tokens_per_s=record["supervised_tokens"] / elapsed,
+                peak_memory_mb=round(peak_memory_mb(accelerator.device)),
             )
             reporter.step(record)
             if s.eval_every and state.step % s.eval_every == 0:
