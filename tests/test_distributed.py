@@ -49,7 +49,7 @@ def test_two_processes_match_one(tmp_path, tiny_model_dir):
     double = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
          "--master_port", str(free_port()), "-m", "sftlab.cli", "train", str(path),
-         f"output_dir={tmp_path / 'two'}"],
+         f"output_dir={tmp_path / 'two'}", "train.grad_accum=1"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert double.returncode == 0, double.stderr[-3000:]
