@@ -20,7 +20,9 @@ REF = RowRef("rows.jsonl", 7, 6)
 
 def convert(fixture: str, fmt: str) -> list[Conversation]:
     path = FIXTURES / fixture
-    return [to_conversation(r.value, fmt, RowRef(str(path), r.line, r.index)) for r in read_rows(path)]
+    return [
+        to_conversation(r.value, fmt, RowRef(str(path), r.line, r.index)) for r in read_rows(path)
+    ]
 
 
 def chat(*turns: tuple[str, str]) -> tuple[Message, ...]:
@@ -39,7 +41,9 @@ def refuse(row: dict, fmt: str) -> RowError:
 
 def test_alpaca_input_system_and_history():
     first, second, third = convert("alpaca.json", "alpaca")
-    assert first.messages == chat(("user", "Translate to French.\n\nGood morning"), ("assistant", "Bonjour"))
+    assert first.messages == chat(
+        ("user", "Translate to French.\n\nGood morning"), ("assistant", "Bonjour")
+    )
     assert first.source == RowRef(str(FIXTURES / "alpaca.json"), 2, 0)
     assert second.messages == chat(("user", "Name a primary colour."), ("assistant", "Red."))
     assert third.messages == chat(
@@ -79,8 +83,14 @@ def test_sharegpt_function_call_observation_system_and_tools():
 
 def test_sharegpt_function_call_with_string_arguments():
     value = '{"name": "f", "arguments": "{\\"x\\": 1}"}'
-    row = {"conversations": [{"from": "user", "value": "go"}, {"from": "function_call", "value": value},
-                             {"from": "observation", "value": "done"}, {"from": "model", "value": "Done."}]}
+    row = {
+        "conversations": [
+            {"from": "user", "value": "go"},
+            {"from": "function_call", "value": value},
+            {"from": "observation", "value": "done"},
+            {"from": "model", "value": "Done."},
+        ]
+    }
     conv = to_conversation(row, "sharegpt", REF)
     assert conv.messages[1].tool_calls == (ToolCall("f", {"x": 1}),)
     assert [m.role for m in conv.messages] == ["user", "assistant", "tool", "assistant"]
@@ -89,7 +99,10 @@ def test_sharegpt_function_call_with_string_arguments():
 def test_openai_messages_parts_weights_and_tool_calls():
     plain, parts, tools = convert("messages.jsonl", "messages")
     assert plain.messages == chat(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"))
-    assert parts.messages == (Message("user", "Two parts"), Message("assistant", "Joined.", train=True))
+    assert parts.messages == (
+        Message("user", "Two parts"),
+        Message("assistant", "Joined.", train=True),
+    )
     assert tools.messages == (
         Message("user", "Time in Oslo?"),
         Message("assistant", "", tool_calls=(ToolCall("clock", {"tz": "Europe/Oslo"}),)),
@@ -101,13 +114,20 @@ def test_openai_messages_parts_weights_and_tool_calls():
 
 
 def test_openai_role_aliases_and_object_arguments():
-    row = {"messages": [
-        {"role": "developer", "content": "Rules."},
-        {"role": "user", "content": "Call it"},
-        {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "g", "arguments": {"a": [1]}}}]},
-        {"role": "function", "content": "42"},
-        {"role": "assistant", "content": "It said 42.", "weight": 0},
-    ]}
+    row = {
+        "messages": [
+            {"role": "developer", "content": "Rules."},
+            {"role": "user", "content": "Call it"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"type": "function", "function": {"name": "g", "arguments": {"a": [1]}}}
+                ],
+            },
+            {"role": "function", "content": "42"},
+            {"role": "assistant", "content": "It said 42.", "weight": 0},
+        ]
+    }
     conv = to_conversation(row, "messages", REF)
     assert [m.role for m in conv.messages] == ["system", "user", "assistant", "tool", "assistant"]
     assert conv.messages[2] == Message("assistant", "", tool_calls=(ToolCall("g", {"a": [1]}),))
@@ -123,18 +143,33 @@ def test_prompt_completion_plain_and_conversational():
 def test_text_rows_are_text_conversations():
     path = FIXTURES / "text.txt"
     first = convert("text.txt", "text")[0]
-    assert first == Conversation(kind="text", text="First document, one line.", source=RowRef(str(path), 1, 0))
+    assert first == Conversation(
+        kind="text", text="First document, one line.", source=RowRef(str(path), 1, 0)
+    )
 
 
 def test_columnar_nulls_count_as_absent_optional_keys():
     # Parquet/datasets fill struct fields missing in a row with null.
-    row = {"messages": [
-        {"role": "user", "content": "Hi", "tool_calls": None, "train": None, "weight": None},
-        {"role": "assistant", "content": "Yo", "tool_calls": None, "train": None, "weight": None},
-    ], "tools": None}
-    assert to_conversation(row, "messages", REF).messages == chat(("user", "Hi"), ("assistant", "Yo"))
+    row = {
+        "messages": [
+            {"role": "user", "content": "Hi", "tool_calls": None, "train": None, "weight": None},
+            {
+                "role": "assistant",
+                "content": "Yo",
+                "tool_calls": None,
+                "train": None,
+                "weight": None,
+            },
+        ],
+        "tools": None,
+    }
+    assert to_conversation(row, "messages", REF).messages == chat(
+        ("user", "Hi"), ("assistant", "Yo")
+    )
     alpaca = {"instruction": "a", "input": None, "output": "b", "system": None, "history": None}
-    assert to_conversation(alpaca, "alpaca", REF).messages == chat(("user", "a"), ("assistant", "b"))
+    assert to_conversation(alpaca, "alpaca", REF).messages == chat(
+        ("user", "a"), ("assistant", "b")
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,32 +184,99 @@ def test_wrong_type_says_expected_and_found():
 @pytest.mark.parametrize(
     ("messages", "field", "fragment"),
     [
-        ([{"role": "user", "content": 7}, {"role": "assistant", "content": "a"}],
-         "messages[0].content", "expected a string as user content, got a number (7)"),
-        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": True}],
-         "messages[1].content", "got a boolean (true)"),
-        ([{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}],
-         "messages[1].role", "unknown role 'bot'; known roles: system, developer, user"),
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}, {"role": "assistant", "content": "a"}],
-         "messages[0].content[0].type", "only text content parts are supported, got type 'image_url'"),
-        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0.5}],
-         "messages[1].weight", "weight must be 0 or 1; fractional weights are not supported"),
-        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "train": "yes"}],
-         "messages[1].train", "expected true or false, got a string ('yes')"),
-        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [{"function": {"arguments": "{}"}}]}],
-         "messages[1].tool_calls[0].function.name", "expected a function name"),
-        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "   "}],
-         "messages[1].content", "empty assistant answer"),
-        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "more?"}],
-         "messages[2]", "the conversation ends with a user message: nothing to learn from the last turn"),
-        ([{"role": "user", "content": "q"}, {"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}],
-         "messages[1]", "a system message is only allowed first"),
-        ([{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}],
-         "messages[0]", "must be from the user, got assistant"),
-        ([{"role": "user", "content": "q"}, {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a"}],
-         "messages[1]", "two consecutive user messages"),
-        ([{"role": "user", "content": "q"}],
-         None, "no assistant message"),
+        (
+            [{"role": "user", "content": 7}, {"role": "assistant", "content": "a"}],
+            "messages[0].content",
+            "expected a string as user content, got a number (7)",
+        ),
+        (
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": True}],
+            "messages[1].content",
+            "got a boolean (true)",
+        ),
+        (
+            [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}],
+            "messages[1].role",
+            "unknown role 'bot'; known roles: system, developer, user",
+        ),
+        (
+            [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {}}]},
+                {"role": "assistant", "content": "a"},
+            ],
+            "messages[0].content[0].type",
+            "only text content parts are supported, got type 'image_url'",
+        ),
+        (
+            [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a", "weight": 0.5},
+            ],
+            "messages[1].weight",
+            "weight must be 0 or 1; fractional weights are not supported",
+        ),
+        (
+            [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a", "train": "yes"},
+            ],
+            "messages[1].train",
+            "expected true or false, got a string ('yes')",
+        ),
+        (
+            [
+                {"role": "user", "content": "q"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"function": {"arguments": "{}"}}],
+                },
+            ],
+            "messages[1].tool_calls[0].function.name",
+            "expected a function name",
+        ),
+        (
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": "   "}],
+            "messages[1].content",
+            "empty assistant answer",
+        ),
+        (
+            [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"},
+                {"role": "user", "content": "more?"},
+            ],
+            "messages[2]",
+            "the conversation ends with a user message: nothing to learn from the last turn",
+        ),
+        (
+            [
+                {"role": "user", "content": "q"},
+                {"role": "system", "content": "s"},
+                {"role": "assistant", "content": "a"},
+            ],
+            "messages[1]",
+            "a system message is only allowed first",
+        ),
+        (
+            [
+                {"role": "assistant", "content": "a"},
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "b"},
+            ],
+            "messages[0]",
+            "must be from the user, got assistant",
+        ),
+        (
+            [
+                {"role": "user", "content": "q"},
+                {"role": "user", "content": "q2"},
+                {"role": "assistant", "content": "a"},
+            ],
+            "messages[1]",
+            "two consecutive user messages",
+        ),
+        ([{"role": "user", "content": "q"}], None, "no assistant message"),
     ],
 )
 def test_messages_refusals_name_the_field(messages, field, fragment):
@@ -186,9 +288,18 @@ def test_messages_refusals_name_the_field(messages, field, fragment):
 def test_missing_key_suggests_the_near_miss():
     err = refuse({"instrution": "q", "output": "a"}, "alpaca")
     assert err.field == "instruction"
-    assert err.reason == "missing required key 'instruction' (did you mean 'instruction'? found 'instrution')"
-    assert "did you mean 'output'? found 'ouput'" in refuse({"instruction": "q", "ouput": "a"}, "alpaca").reason
-    assert "found 'Content'" in refuse({"messages": [{"role": "user", "Content": "q"}]}, "messages").reason
+    assert (
+        err.reason
+        == "missing required key 'instruction' (did you mean 'instruction'? found 'instrution')"
+    )
+    assert (
+        "did you mean 'output'? found 'ouput'"
+        in refuse({"instruction": "q", "ouput": "a"}, "alpaca").reason
+    )
+    assert (
+        "found 'Content'"
+        in refuse({"messages": [{"role": "user", "Content": "q"}]}, "messages").reason
+    )
 
 
 def test_a_row_of_another_format_says_so():
@@ -197,15 +308,26 @@ def test_a_row_of_another_format_says_so():
 
 
 def test_tool_message_needs_a_preceding_call():
-    err = refuse({"conversations": [{"from": "human", "value": "q"}, {"from": "observation", "value": "r"},
-                                    {"from": "gpt", "value": "a"}]}, "sharegpt")
+    err = refuse(
+        {
+            "conversations": [
+                {"from": "human", "value": "q"},
+                {"from": "observation", "value": "r"},
+                {"from": "gpt", "value": "a"},
+            ]
+        },
+        "sharegpt",
+    )
     assert err.field == "messages[1]"
     assert "a tool message must follow an assistant message with tool calls" in err.reason
 
 
 def test_whitespace_text_is_refused():
     err = refuse({"text": " \n\t"}, "text")
-    assert (err.field, err.reason) == ("text", "empty text: expected a non-empty document, got only whitespace")
+    assert (err.field, err.reason) == (
+        "text",
+        "empty text: expected a non-empty document, got only whitespace",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,17 +351,26 @@ def test_detect_format_of_each_fixture(fixture, expected):
 
 
 def test_detect_format_majority_wins_and_skips_unreadable_rows():
-    rows = [RawRow(0, 1, {"text": "a"}), RawRow(1, 2, "{bad", error="not valid JSON"),
-            RawRow(2, 3, {"messages": []}), RawRow(3, 4, {"messages": []})]
+    rows = [
+        RawRow(0, 1, {"text": "a"}),
+        RawRow(1, 2, "{bad", error="not valid JSON"),
+        RawRow(2, 3, {"messages": []}),
+        RawRow(3, 4, {"messages": []}),
+    ]
     assert detect_format(rows, "mixed.jsonl") == "messages"
 
 
 def test_undetectable_file_names_file_keys_and_expected_keys():
-    rows = [RawRow(0, 1, {"question": "q", "answer": "a"}), RawRow(1, 2, {"question": "r", "answer": "b"})]
+    rows = [
+        RawRow(0, 1, {"question": "q", "answer": "a"}),
+        RawRow(1, 2, {"question": "r", "answer": "b"}),
+    ]
     with pytest.raises(DataError) as caught:
         detect_format(rows, "qa.jsonl")
     message = str(caught.value)
-    assert message.startswith("qa.jsonl: cannot tell the data format: keys seen ['answer', 'question']")
+    assert message.startswith(
+        "qa.jsonl: cannot tell the data format: keys seen ['answer', 'question']"
+    )
     assert "alpaca: instruction, input?, output" in message and "sharegpt: conversations" in message
     assert "Set `format:` on the source" in message
 

@@ -48,11 +48,20 @@ def test_load_source_keeps_and_rejects_every_row_with_stage_and_line(tmp_path):
     data = load_source(SourceConfig(path=str(path), name="mine"))
     assert (data.label, data.file, data.fmt, data.n_input) == ("mine", str(path), "alpaca", 4)
     assert answers(data.conversations) == ["b", "e"]
-    assert [c.source for c in data.conversations] == [RowRef(str(path), 1, 0), RowRef(str(path), 4, 3)]
+    assert [c.source for c in data.conversations] == [
+        RowRef(str(path), 1, 0),
+        RowRef(str(path), 4, 3),
+    ]
     assert data.rejected == [
         Rejection(str(path), 2, 1, "read", data.rejected[0].reason, row="{not json}"),
-        Rejection(str(path), 3, 2, "format", "output: expected a string, got a number (5)",
-                  row={"instruction": "c", "output": 5}),
+        Rejection(
+            str(path),
+            3,
+            2,
+            "format",
+            "output: expected a string, got a number (5)",
+            row={"instruction": "c", "output": 5},
+        ),
     ]
     assert data.rejected[0].reason.startswith("not valid JSON: Expecting property name")
 
@@ -67,10 +76,16 @@ def test_relative_path_tries_base_dir_then_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(work_dir)
     first = load_source(SourceConfig(path="a.txt"), base_dir=config_dir)
     assert first.conversations[0].text == "from the config folder"
-    assert load_source(SourceConfig(path="b.txt"), base_dir=config_dir).conversations[0].text == "only here"
+    assert (
+        load_source(SourceConfig(path="b.txt"), base_dir=config_dir).conversations[0].text
+        == "only here"
+    )
     with pytest.raises(DataError) as caught:
         load_source(SourceConfig(path="c.txt"), base_dir=config_dir)
-    assert str(caught.value) == f"c.txt: file not found; tried: {config_dir / 'c.txt'}, {work_dir / 'c.txt'}"
+    assert (
+        str(caught.value)
+        == f"c.txt: file not found; tried: {config_dir / 'c.txt'}, {work_dir / 'c.txt'}"
+    )
 
 
 def test_explicit_format_skips_detection(tmp_path):
@@ -100,13 +115,21 @@ def test_columnar_files_with_null_filled_fields_load(tmp_path):
     call = {"type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
     rows = [
         [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}],
-        [{"role": "user", "content": "Go"}, {"role": "assistant", "content": None, "tool_calls": [call]},
-         {"role": "tool", "content": "ok"}, {"role": "assistant", "content": "Done"}],
+        [
+            {"role": "user", "content": "Go"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "content": "ok"},
+            {"role": "assistant", "content": "Done"},
+        ],
     ]
     expected = [
         (Message("user", "Hi"), Message("assistant", "Yo")),
-        (Message("user", "Go"), Message("assistant", "", tool_calls=(ToolCall("f", {"x": 1}),)),
-         Message("tool", "ok"), Message("assistant", "Done")),
+        (
+            Message("user", "Go"),
+            Message("assistant", "", tool_calls=(ToolCall("f", {"x": 1}),)),
+            Message("tool", "ok"),
+            Message("assistant", "Done"),
+        ),
     ]
     table = datasets.Dataset.from_dict({"messages": rows})
     table.save_to_disk(str(tmp_path / "saved"))
@@ -118,7 +141,13 @@ def test_columnar_files_with_null_filled_fields_load(tmp_path):
 
 
 def test_fixture_files_reconcile():
-    for name in ("alpaca.json", "sharegpt_tools.json", "messages.jsonl", "messages.csv", "text.txt"):
+    for name in (
+        "alpaca.json",
+        "sharegpt_tools.json",
+        "messages.jsonl",
+        "messages.csv",
+        "text.txt",
+    ):
         data = load_source(SourceConfig(path=name), base_dir=FIXTURES)
         assert (len(data.conversations), len(data.rejected)) == (data.n_input, 0), name
 
@@ -151,10 +180,26 @@ def test_ratios_per_source_and_report():
     # eval: round(1.1) = 1 and round(2.1) = 2; train: round(0.5 * 10) = 5, round(2.0 * 19) = 38
     assert by_source == {"a": 5, "b": 38}
     assert mixture.report["sources"] == [
-        {"label": "a", "file": "a.jsonl", "format": "messages", "rows_in": 11, "kept": 11,
-         "rejected": 0, "eval": 1, "train_after_sampling": 5},
-        {"label": "b", "file": "b.jsonl", "format": "messages", "rows_in": 21, "kept": 21,
-         "rejected": 0, "eval": 2, "train_after_sampling": 38},
+        {
+            "label": "a",
+            "file": "a.jsonl",
+            "format": "messages",
+            "rows_in": 11,
+            "kept": 11,
+            "rejected": 0,
+            "eval": 1,
+            "train_after_sampling": 5,
+        },
+        {
+            "label": "b",
+            "file": "b.jsonl",
+            "format": "messages",
+            "rows_in": 21,
+            "kept": 21,
+            "rejected": 0,
+            "eval": 2,
+            "train_after_sampling": 38,
+        },
     ]
     assert (mixture.report["train"], mixture.report["eval"]) == (43, 3)
 

@@ -119,7 +119,10 @@ def test_save_to_disk_dataset_and_dataset_dict(tmp_path):
     datasets.Dataset.from_dict(records).save_to_disk(str(tmp_path / "ds"))
     assert [r.value for r in read_rows(tmp_path / "ds")] == [{"text": "one"}, {"text": "two"}]
 
-    splits = {"train": datasets.Dataset.from_dict(records), "test": datasets.Dataset.from_dict({"text": ["t"]})}
+    splits = {
+        "train": datasets.Dataset.from_dict(records),
+        "test": datasets.Dataset.from_dict({"text": ["t"]}),
+    }
     datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "dd"))
     assert [r.value["text"] for r in read_rows(tmp_path / "dd")] == ["one", "two"]
 
@@ -152,7 +155,9 @@ def test_file_errors_name_file_line_and_what_was_expected(tmp_path):
 
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
-    with pytest.raises(DataError, match=r"latin.jsonl:2: not valid UTF-8: byte 0xe9 at line 2.*re-save"):
+    with pytest.raises(
+        DataError, match=r"latin.jsonl:2: not valid UTF-8: byte 0xe9 at line 2.*re-save"
+    ):
         read_rows(latin)
 
     with pytest.raises(DataError, match=r"missing.json: file not found"):
@@ -172,7 +177,7 @@ def test_deep_nesting_inside_an_array_skips_just_that_element(tmp_path):
 
 
 def test_values_survive_a_round_trip_through_every_text_container(tmp_path):
-    row = {"instruction": "Say \"hi\", then ünïcode ✓", "output": "hi\nthere"}
+    row = {"instruction": 'Say "hi", then ünïcode ✓', "output": "hi\nthere"}
     (tmp_path / "a.json").write_text(json.dumps([row], ensure_ascii=False), encoding="utf-8")
     (tmp_path / "a.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     assert read_rows(tmp_path / "a.json")[0].value == row

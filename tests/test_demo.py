@@ -17,8 +17,15 @@ def test_demo_runs_and_writes_its_summary(tmp_path):
     summary = run_demo(tmp_path / "demo", ["train.max_steps=2"])
     saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
-    for key in ("adherence_before", "adherence_after", "stop_rate_after", "heldout_questions",
-                "train_seconds", "persona_name", "run_dir"):
+    for key in (
+        "adherence_before",
+        "adherence_after",
+        "stop_rate_after",
+        "heldout_questions",
+        "train_seconds",
+        "persona_name",
+        "run_dir",
+    ):
         assert key in saved, key  # fmt: skip
     assert saved["persona_name"] == persona.PERSONA_NAME and saved["steps"] == 2
     assert saved["heldout_questions"] == list(persona.HELDOUT_QUESTIONS)

@@ -65,10 +65,18 @@ def test_merged_model_matches_in_plain_transformers(smol_run):
     model = AutoModelForCausalLM.from_pretrained(merged).eval()
     tokenizer = AutoTokenizer.from_pretrained(merged)
     messages = [{"role": "user", "content": "What is your name?"}]
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_tensors="pt")
-    assert "You are a helpful assistant." in tokenizer.decode(prompt["input_ids"][0])  # baked-in prompt
+    prompt = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_tensors="pt"
+    )
+    assert "You are a helpful assistant." in tokenizer.decode(
+        prompt["input_ids"][0]
+    )  # baked-in prompt
     with torch.no_grad():
-        plain = model.generate(**prompt, max_new_tokens=40, do_sample=False)[0, prompt["input_ids"].shape[1]:]
+        plain = model.generate(**prompt, max_new_tokens=40, do_sample=False)[
+            0, prompt["input_ids"].shape[1] :
+        ]
     run = load_run(smol_run)
-    ours = generate(run.model, run.renderer, [user_turn("What is your name?")], run.stop_ids, max_new_tokens=40)[0]
+    ours = generate(
+        run.model, run.renderer, [user_turn("What is your name?")], run.stop_ids, max_new_tokens=40
+    )[0]
     assert ours.stopped and plain.tolist()[: len(ours.token_ids) + 1] == ours.token_ids + [2]

@@ -49,15 +49,27 @@ def lines(path: Path) -> list[dict]:
 
 def test_lora_run_writes_every_artifact_and_trains_only_the_adapter(tmp_path, tiny_model_dir):
     run = train(tiny_config(tmp_path, tiny_model_dir))
-    for name in ("config.yaml", "manifest.json", "mask_report.json", "metrics.jsonl", "rejected.jsonl",
-                 "summary.json", "chat_format.json", "adapter/adapter_model.safetensors",
-                 "adapter/adapter_config.json", "tokenizer/tokenizer.json", "tokenizer/chat_template.jinja"):
+    for name in (
+        "config.yaml",
+        "manifest.json",
+        "mask_report.json",
+        "metrics.jsonl",
+        "rejected.jsonl",
+        "summary.json",
+        "chat_format.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "tokenizer/tokenizer.json",
+        "tokenizer/chat_template.jinja",
+    ):
         assert (run / name).is_file(), name  # fmt: skip
     assert not (run / "model").exists()
 
     adapter = load_file(run / "adapter" / "adapter_model.safetensors")
     assert adapter and all("lora_" in k for k in adapter)
-    assert all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # moved from zero init
+    assert all(
+        v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k
+    )  # moved from zero init
 
     steps = [r for r in lines(run / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
@@ -73,7 +85,11 @@ def test_lora_run_writes_every_artifact_and_trains_only_the_adapter(tmp_path, ti
     assert report["spans_ending_in_end_of_turn"] == report["supervised_spans"] == report["rows"]
 
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["seed"] == 0 and manifest["method"] == "lora" and manifest["end_of_turn"] == "<|im_end|>"
+    assert (
+        manifest["seed"] == 0
+        and manifest["method"] == "lora"
+        and manifest["end_of_turn"] == "<|im_end|>"
+    )
     assert len(manifest["data"][0]["sha256"]) == 64 and manifest["template_sha256"]
     chat_format = json.loads((run / "chat_format.json").read_text())
     assert (run / "tokenizer" / "chat_template.jinja").read_text() == chat_format["template"]
@@ -88,8 +104,12 @@ def test_full_finetuning_saves_changed_weights(tmp_path, tiny_model_dir):
 
 
 def test_same_seed_same_run(tmp_path, tiny_model_dir):
-    a = train(tiny_config(tmp_path / "a", tiny_model_dir) if (tmp_path / "a").mkdir() is None else None)
-    b = train(tiny_config(tmp_path / "b", tiny_model_dir) if (tmp_path / "b").mkdir() is None else None)
+    a = train(
+        tiny_config(tmp_path / "a", tiny_model_dir) if (tmp_path / "a").mkdir() is None else None
+    )
+    b = train(
+        tiny_config(tmp_path / "b", tiny_model_dir) if (tmp_path / "b").mkdir() is None else None
+    )
     loss = [[r["loss"] for r in lines(run / "metrics.jsonl") if "loss" in r] for run in (a, b)]
     assert loss[0] == loss[1]
 
@@ -127,12 +147,19 @@ def test_merged_export_loads_and_generates_with_plain_transformers(tmp_path, tin
     model = AutoModelForCausalLM.from_pretrained(merged)
     tokenizer = AutoTokenizer.from_pretrained(merged)
     prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Say hi."}], add_generation_prompt=True, tokenize=True, return_tensors="pt"
+        [{"role": "user", "content": "Say hi."}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_tensors="pt",
     )["input_ids"]
-    plain = model.generate(prompt, max_new_tokens=12, do_sample=False)[0, prompt.shape[1]:].tolist()
+    plain = model.generate(prompt, max_new_tokens=12, do_sample=False)[
+        0, prompt.shape[1] :
+    ].tolist()
     assert model.generation_config.eos_token_id == [258]
 
     ours = load_run(run)
     assert ours.renderer.encode_prompt(user_turn("Say hi.")) == prompt[0].tolist()
-    mine = generate(ours.model, ours.renderer, [user_turn("Say hi.")], ours.stop_ids, max_new_tokens=12)[0]
+    mine = generate(
+        ours.model, ours.renderer, [user_turn("Say hi.")], ours.stop_ids, max_new_tokens=12
+    )[0]
     assert plain[: len(mine.token_ids)] == mine.token_ids

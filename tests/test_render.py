@@ -27,7 +27,9 @@ def renderer_for(tokenizer, **template) -> Renderer:
 
 
 def conv(*pairs, tools=()) -> Conversation:
-    return Conversation(tuple(Message(role, content) for role, content in pairs), tools=tuple(tools))
+    return Conversation(
+        tuple(Message(role, content) for role, content in pairs), tools=tuple(tools)
+    )
 
 
 def ascii_ids(text: str) -> list[int]:
@@ -39,10 +41,13 @@ def ascii_ids(text: str) -> list[int]:
 
 def test_golden_tiny_single_turn(tiny_tokenizer):
     ex = renderer_for(tiny_tokenizer).encode(conv(("user", "hi"), ("assistant", "yo")))
-    expected_ids = (
-        [START, *ascii_ids("user\nhi"), END, 10]
-        + [START, *ascii_ids("assistant\n"), *ascii_ids("yo"), END, 10]
-    )
+    expected_ids = [START, *ascii_ids("user\nhi"), END, 10] + [
+        START,
+        *ascii_ids("assistant\n"),
+        *ascii_ids("yo"),
+        END,
+        10,
+    ]
     assert ex.input_ids.tolist() == expected_ids
     n_prompt = len(expected_ids) - 4
     assert ex.labels.tolist() == [X] * n_prompt + [121, 111, END, X]
@@ -108,7 +113,10 @@ def test_supervised_text_is_assistant_content_plus_end_of_turn(any_renderer, sha
     prepared, _ = any_renderer.prepare(c)
     expected = [m.content + "<|im_end|>" for m in prepared if m.role == "assistant"]
     assert supervised_text(ex, any_renderer.tokenizer) == expected
-    assert all(ex.labels[end - 1] == any_renderer.fmt.end_of_turn_id for _, end in supervised_spans(ex.labels))
+    assert all(
+        ex.labels[end - 1] == any_renderer.fmt.end_of_turn_id
+        for _, end in supervised_spans(ex.labels)
+    )
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -130,7 +138,9 @@ def test_typed_markers_never_become_special_tokens(any_renderer, shape):
     tok = any_renderer.tokenizer
     start, end = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
     prepared, _ = any_renderer.prepare(c)
-    rendered = len(prepared) + (prepared[0].role != "system" and "SmolLM" in any_renderer.fmt.template)
+    rendered = len(prepared) + (
+        prepared[0].role != "system" and "SmolLM" in any_renderer.fmt.template
+    )
     assert ids.count(start) == ids.count(end) == rendered
 
 
@@ -176,13 +186,18 @@ def test_per_message_train_flag_overrides_policy(tiny_tokenizer):
         Message("user", "a"), Message("assistant", "skip me", train=False),
         Message("user", "c"), Message("assistant", "keep"),
     ))  # fmt: skip
-    assert supervised_text(renderer_for(tiny_tokenizer).encode(c), tiny_tokenizer) == ["keep<|im_end|>"]
+    assert supervised_text(renderer_for(tiny_tokenizer).encode(c), tiny_tokenizer) == [
+        "keep<|im_end|>"
+    ]
     c2 = Conversation((
         Message("user", "a"), Message("assistant", "early", train=True),
         Message("user", "c"), Message("assistant", "last"),
     ))  # fmt: skip
     r_last = renderer_for(tiny_tokenizer, mask="last_assistant")
-    assert supervised_text(r_last.encode(c2), tiny_tokenizer) == ["early<|im_end|>", "last<|im_end|>"]
+    assert supervised_text(r_last.encode(c2), tiny_tokenizer) == [
+        "early<|im_end|>",
+        "last<|im_end|>",
+    ]
 
 
 def test_user_turn_marked_train_is_supervised_with_its_end(tiny_tokenizer):
@@ -193,7 +208,9 @@ def test_user_turn_marked_train_is_supervised_with_its_end(tiny_tokenizer):
 
 
 def test_raw_text_rows_supervise_every_token_and_end_with_eos(tiny_tokenizer):
-    ex = renderer_for(tiny_tokenizer).encode(Conversation(kind="text", text="plain <|im_end|> text"))
+    ex = renderer_for(tiny_tokenizer).encode(
+        Conversation(kind="text", text="plain <|im_end|> text")
+    )
     assert ex.input_ids.tolist() == ascii_ids("plain <|im_end|> text") + [END]
     assert (ex.labels == ex.input_ids).all()
 
@@ -209,7 +226,9 @@ def test_template_bos_is_not_doubled():
 
 
 def test_double_bos_is_rejected():
-    tok = make_tiny_tokenizer(chat_template="{{ bos_token }}{{ bos_token }}" + CHATML, bos="<|endoftext|>")
+    tok = make_tiny_tokenizer(
+        chat_template="{{ bos_token }}{{ bos_token }}" + CHATML, bos="<|endoftext|>"
+    )
     with pytest.raises(RowError, match="double BOS"):
         renderer_for(tok).encode(conv(("user", "a"), ("assistant", "b")))
 
@@ -217,7 +236,12 @@ def test_double_bos_is_rejected():
 def test_pad_equal_to_eos_keeps_eos_labels(tiny_tokenizer):
     """Invariant 3: padding is masked by position; pad id == <|im_end|> must not erase its label."""
     r = renderer_for(tiny_tokenizer)
-    rows = single_rows([r.encode(conv(("user", "a"), ("assistant", "b"))), r.encode(conv(("user", "long question"), ("assistant", "c")))])
+    rows = single_rows(
+        [
+            r.encode(conv(("user", "a"), ("assistant", "b"))),
+            r.encode(conv(("user", "long question"), ("assistant", "c"))),
+        ]
+    )
     batch = collate(rows, pad_id=tiny_tokenizer.pad_token_id)
     assert tiny_tokenizer.pad_token_id == END
     for b in range(2):
@@ -229,7 +253,9 @@ def test_default_system_prompt_is_baked_into_the_template(tiny_tokenizer):
     r = renderer_for(tiny_tokenizer, system_prompt="Be kind.")
     ids = r.encode(conv(("user", "a"), ("assistant", "b"))).input_ids.tolist()
     assert ids[: len(ascii_ids("system\nBe kind.")) + 1] == [START, *ascii_ids("system\nBe kind.")]
-    explicit = r.encode(conv(("system", "Own."), ("user", "a"), ("assistant", "b"))).input_ids.tolist()
+    explicit = r.encode(
+        conv(("system", "Own."), ("user", "a"), ("assistant", "b"))
+    ).input_ids.tolist()
     assert tiny_tokenizer.decode(explicit).startswith("<|im_start|>system\nOwn.<|im_end|>")
     tiny_tokenizer.chat_template = r.fmt.template  # what an exported model carries
     plain = tiny_tokenizer.apply_chat_template([{"role": "user", "content": "a"}], tokenize=False)
@@ -244,7 +270,9 @@ def test_model_without_template_needs_an_explicit_choice():
     with pytest.raises(TemplateError, match="chatml"):
         renderer_for(tok)
     r = renderer_for(tok, chat_template="chatml")
-    assert supervised_text(r.encode(conv(("user", "a"), ("assistant", "b"))), tok) == ["b<|im_end|>"]
+    assert supervised_text(r.encode(conv(("user", "a"), ("assistant", "b"))), tok) == [
+        "b<|im_end|>"
+    ]
 
 
 def test_template_without_end_of_turn_is_refused():
@@ -275,9 +303,17 @@ def test_sandbox_refuses_unsafe_templates():
 
 
 def test_template_that_raises_rejects_only_that_row(tiny_tokenizer):
-    template = "{% if messages[0]['content'] == 'boom' %}{{ raise_exception('no boom') }}{% endif %}" + CHATML
+    template = (
+        "{% if messages[0]['content'] == 'boom' %}{{ raise_exception('no boom') }}{% endif %}"
+        + CHATML
+    )
     r = renderer_for(make_tiny_tokenizer(chat_template=template))
-    out = encode_dataset(r, [conv(("user", "boom"), ("assistant", "x")), conv(("user", "ok"), ("assistant", "y"))], 100, "drop")
+    out = encode_dataset(
+        r,
+        [conv(("user", "boom"), ("assistant", "x")), conv(("user", "ok"), ("assistant", "y"))],
+        100,
+        "drop",
+    )
     assert len(out.examples) == 1 and len(out.rejected) == 1
     assert "no boom" in out.rejected[0].reason and out.rejected[0].stage == "render"
 
@@ -287,7 +323,9 @@ def test_template_that_raises_rejects_only_that_row(tiny_tokenizer):
 
 def test_truncation_cuts_at_a_turn_boundary(tiny_tokenizer):
     r = renderer_for(tiny_tokenizer)
-    ex = r.encode(conv(("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2" * 50)))
+    ex = r.encode(
+        conv(("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2" * 50))
+    )
     cut = fit_length(ex, 40, "turns")
     assert cut.truncated and len(cut) == ex.turn_ends[0] <= 40
     assert supervised_text(cut, tiny_tokenizer) == ["a1<|im_end|>"]

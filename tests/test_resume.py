@@ -41,7 +41,9 @@ def sftlab(*args: str, fault: str = "", wait: bool = True):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "SFTLAB_FAULT": fault}
     command = [sys.executable, "-m", "sftlab.cli", *args]
     if not wait:
-        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -61,7 +63,9 @@ def adapter(run: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_model_dir):
     folder = tmp_path_factory.mktemp("reference")
-    result = sftlab("train", str(config_file(folder, tiny_model_dir)), f"output_dir={folder / 'run'}")
+    result = sftlab(
+        "train", str(config_file(folder, tiny_model_dir)), f"output_dir={folder / 'run'}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return folder / "run"
 
@@ -99,7 +103,10 @@ def test_sigkill_at_many_points_then_resume_gives_the_same_run(tmp_path, tiny_mo
     done = sftlab("train", str(config), out, "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_as_reference(run, reference)
-    assert [c.name for c in sorted((run / "checkpoints").iterdir())] == ["step-000007", "step-000008"]
+    assert [c.name for c in sorted((run / "checkpoints").iterdir())] == [
+        "step-000007",
+        "step-000008",
+    ]
 
 
 def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_model_dir, reference):
@@ -138,5 +145,10 @@ def test_resume_refuses_changed_config_or_data_unless_forced(tmp_path, tiny_mode
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_model_dir):
-    result = sftlab("train", str(config_file(tmp_path, tiny_model_dir)), f"output_dir={tmp_path / 'run'}", "--resume")
+    result = sftlab(
+        "train",
+        str(config_file(tmp_path, tiny_model_dir)),
+        f"output_dir={tmp_path / 'run'}",
+        "--resume",
+    )
     assert result.returncode == 2 and "nothing to resume" in result.stderr

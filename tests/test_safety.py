@@ -22,7 +22,9 @@ from test_resume import config_file, sftlab, steps_logged
 
 
 @pytest.mark.slow
-def test_nonfinite_loss_stops_with_step_and_rows_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir):
+def test_nonfinite_loss_stops_with_step_and_rows_and_keeps_the_last_checkpoint(
+    tmp_path, tiny_model_dir
+):
     config, run = config_file(tmp_path, tiny_model_dir), tmp_path / "run"
     result = sftlab("train", str(config), f"output_dir={run}", fault="nonfinite:3")
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -54,7 +56,9 @@ def test_unwritable_output_folder_is_reported_before_training(tmp_path, tiny_mod
 def test_disk_too_small_for_the_checkpoints_is_reported(tmp_path):
     check_disk_space(tmp_path, trainable=1000, total=10_000, keep_last=2, full=False, merged=False)
     with pytest.raises(SftlabError, match="not enough disk space.*keep_last=3"):
-        check_disk_space(tmp_path, trainable=10**14, total=10**14, keep_last=3, full=True, merged=True)
+        check_disk_space(
+            tmp_path, trainable=10**14, total=10**14, keep_last=3, full=True, merged=True
+        )
 
 
 def test_pickle_weights_are_refused_unless_allowed(tmp_path):
@@ -98,9 +102,15 @@ def test_every_config_problem_at_once_before_anything_loads(tmp_path):
         load_config(path, check_files=True)
     problems = caught.value.problems
     assert len(problems) == 7, problems
-    for fragment in (":5: data.sources.0.path: file not found", ":6: data.sources.1.path: file not found",
-                     ":8: template.max_length", ":11: train.lr", ":12: train.lrr: unknown key",
-                     ":2: model.name: no such model", ":9: template.chat_template"):
+    for fragment in (
+        ":5: data.sources.0.path: file not found",
+        ":6: data.sources.1.path: file not found",
+        ":8: template.max_length",
+        ":11: train.lr",
+        ":12: train.lrr: unknown key",
+        ":2: model.name: no such model",
+        ":9: template.chat_template",
+    ):
         assert any(fragment in p for p in problems), (fragment, problems)  # fmt: skip
 
 

@@ -24,15 +24,25 @@ app.add_typer(data_app, name="data")
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="YAML config file")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.lr=1e-4")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue from the last complete checkpoint")] = False,
-    force: Annotated[bool, typer.Option("--force", help="resume despite changes, or start over")] = False,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="allow .bin/.pt weights (pickle)")] = False,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides, e.g. train.lr=1e-4")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the last complete checkpoint")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="resume despite changes, or start over")
+    ] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="allow .bin/.pt weights (pickle)")
+    ] = False,
 ) -> None:
     """Fine-tune a model as CONFIG describes."""
     from sftlab.config import load_config
 
-    extra = (["train.resume=true"] if resume else []) + (["model.allow_pickle=true"] if allow_pickle else [])
+    extra = (["train.resume=true"] if resume else []) + (
+        ["model.allow_pickle=true"] if allow_pickle else []
+    )
     cfg = load_config(config, [*(overrides or []), *extra], check_files=True)
     from sftlab.recipes.sft import train as run_training  # heavy imports after the config is valid
 
@@ -41,11 +51,17 @@ def train(
 
 @data_app.command("inspect")
 def data_inspect(
-    file: Annotated[Path, typer.Argument(help="a data file (.json/.jsonl/.csv/.parquet/.txt) or saved dataset")],
-    model: Annotated[str, typer.Option(help="default, a model folder, a .gguf file or a hub id")] = "default",
+    file: Annotated[
+        Path, typer.Argument(help="a data file (.json/.jsonl/.csv/.parquet/.txt) or saved dataset")
+    ],
+    model: Annotated[
+        str, typer.Option(help="default, a model folder, a .gguf file or a hub id")
+    ] = "default",
     format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
     limit: Annotated[int, typer.Option(help="rows to show")] = 3,
-    data_format: Annotated[str, typer.Option(help="auto, alpaca, sharegpt, messages, prompt_completion, text")] = "auto",
+    data_format: Annotated[
+        str, typer.Option(help="auto, alpaca, sharegpt, messages, prompt_completion, text")
+    ] = "auto",
     chat_template: Annotated[str, typer.Option(help="auto, chatml or a .jinja file")] = "auto",
     system_prompt: Annotated[str | None, typer.Option(help="default system prompt")] = None,
     mask: Annotated[str, typer.Option(help="assistant, last_assistant or all")] = "assistant",
@@ -82,7 +98,11 @@ def generate(
     )  # fmt: skip
     for p, g in zip(prompt, outs, strict=True):
         if as_json:
-            print(json.dumps({"prompt": p, "response": g.text, "stopped": g.stopped}, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {"prompt": p, "response": g.text, "stopped": g.stopped}, ensure_ascii=False
+                )
+            )
         else:
             print(g.text if g.stopped else g.text + "\n[stopped at the token limit]")
 
@@ -102,7 +122,9 @@ def chat(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by sftlab train")],
-    merged: Annotated[bool, typer.Option("--merged", help="write a merged model (safetensors)")] = False,
+    merged: Annotated[
+        bool, typer.Option("--merged", help="write a merged model (safetensors)")
+    ] = False,
     out: Annotated[Path | None, typer.Option(help="output folder (default RUN/merged)")] = None,
 ) -> None:
     """Export a run: --merged folds LoRA into the base for plain transformers."""
@@ -116,7 +138,9 @@ def export(
 @app.command()
 def demo(
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/demo)")] = None,
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.epochs=4")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides, e.g. train.epochs=4")
+    ] = None,
 ) -> None:
     """Teach the embedded model a new identity, then compare base and tuned answers."""
     from sftlab.recipes.demo import run_demo

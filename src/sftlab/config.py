@@ -214,7 +214,11 @@ def _apply_override(tree: dict, keys: list[str], value: Any) -> None:
         last = depth == len(keys) - 1
         if isinstance(node, list):
             if not key.isdigit() or int(key) >= len(node):
-                raise ConfigError([f"override {dotted}: {key!r} is not an index of that list (0..{len(node) - 1})"])
+                raise ConfigError(
+                    [
+                        f"override {dotted}: {key!r} is not an index of that list (0..{len(node) - 1})"
+                    ]
+                )
             if last:
                 node[int(key)] = value
             else:
@@ -225,7 +229,9 @@ def _apply_override(tree: dict, keys: list[str], value: Any) -> None:
             else:
                 node = node.setdefault(key, {})
         else:
-            raise ConfigError([f"override {dotted}: {'.'.join(keys[:depth])} is a value, not a section"])
+            raise ConfigError(
+                [f"override {dotted}: {'.'.join(keys[:depth])} is a value, not a section"]
+            )
 
 
 def _describe(loc: tuple, msg: str, lines: dict[tuple, int], source: str) -> str:
@@ -239,15 +245,19 @@ def _describe(loc: tuple, msg: str, lines: dict[tuple, int], source: str) -> str
     return f"{where}{dotted}: {msg}"
 
 
-def validate(tree: dict, lines: dict[tuple, int] | None = None, source: str = "config") -> RunConfig:
+def validate(
+    tree: dict, lines: dict[tuple, int] | None = None, source: str = "config"
+) -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            if err["type"] != "extra_forbidden" and "input" in err and not isinstance(
-                err["input"], dict | list
+            if (
+                err["type"] != "extra_forbidden"
+                and "input" in err
+                and not isinstance(err["input"], dict | list)
             ):
                 msg += f" (got {err['input']!r})"
             problems.append(_describe(err["loc"], msg, lines or {}, source))
@@ -263,23 +273,55 @@ def _path_problems(tree: dict, base_dir: Path | None, lines: dict, source: str) 
     """Files the config names that do not exist (checked on the raw tree, so they are reported
     together with type and value problems)."""
     problems = []
-    sources = (tree.get("data") or {}).get("sources") if isinstance(tree.get("data"), dict) else None
+    sources = (
+        (tree.get("data") or {}).get("sources") if isinstance(tree.get("data"), dict) else None
+    )
     for i, item in enumerate(sources if isinstance(sources, list) else []):
-        if isinstance(item, dict) and isinstance(item.get("path"), str) and find(item["path"], base_dir) is None:
+        if (
+            isinstance(item, dict)
+            and isinstance(item.get("path"), str)
+            and find(item["path"], base_dir) is None
+        ):
             tried = ", ".join(str(c) for c in candidates(item["path"], base_dir))
-            problems.append(_describe(("data", "sources", i, "path"), f"file not found (tried {tried})", lines, source))
-    template = (tree.get("template") or {}).get("chat_template") if isinstance(tree.get("template"), dict) else None
-    if isinstance(template, str) and template not in ("auto", "chatml") and find(template, base_dir) is None:
-        problems.append(_describe(("template", "chat_template"), f"not auto, chatml or an existing file: {template}", lines, source))
+            problems.append(
+                _describe(
+                    ("data", "sources", i, "path"), f"file not found (tried {tried})", lines, source
+                )
+            )
+    template = (
+        (tree.get("template") or {}).get("chat_template")
+        if isinstance(tree.get("template"), dict)
+        else None
+    )
+    if (
+        isinstance(template, str)
+        and template not in ("auto", "chatml")
+        and find(template, base_dir) is None
+    ):
+        problems.append(
+            _describe(
+                ("template", "chat_template"),
+                f"not auto, chatml or an existing file: {template}",
+                lines,
+                source,
+            )
+        )
     model = (tree.get("model") or {}).get("name") if isinstance(tree.get("model"), dict) else None
-    looks_local = isinstance(model, str) and (model.startswith((".", "/", "~")) or model.endswith(".gguf"))
+    looks_local = isinstance(model, str) and (
+        model.startswith((".", "/", "~")) or model.endswith(".gguf")
+    )
     if looks_local and find(model, base_dir) is None:
-        problems.append(_describe(("model", "name"), f"no such model folder or file: {model}", lines, source))
+        problems.append(
+            _describe(("model", "name"), f"no such model folder or file: {model}", lines, source)
+        )
     return problems
 
 
 def load_config(
-    path: str | Path | None, overrides: list[str] = (), base: dict | None = None, check_files: bool = False
+    path: str | Path | None,
+    overrides: list[str] = (),
+    base: dict | None = None,
+    check_files: bool = False,
 ) -> RunConfig:
     """Read YAML (or start from `base`), apply overrides, validate everything, report all problems
     at once; with check_files, also every file the config names that does not exist."""
@@ -296,7 +338,9 @@ def load_config(
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError([f"not valid YAML: {exc}"], source) from None
         if not isinstance(tree, dict):
-            raise ConfigError(["expected a mapping of sections (model:, data:, train:, ...)"], source)
+            raise ConfigError(
+                ["expected a mapping of sections (model:, data:, train:, ...)"], source
+            )
         lines = _key_lines(node) if node is not None else {}
     try:
         for text in overrides:

@@ -89,10 +89,10 @@ class TokenizedExample:
 class PackedRow:
     """Several examples laid end to end in one row; none attends to another.
 
-        input_ids     a a a a b b c c c
-        position_ids  0 1 2 3 0 1 0 1 2     restart per example -> block-diagonal attention
-        targets       . a a a . b . c c     next-token targets, IGNORE across boundaries
-        seq_lens      [4, 2, 3]
+    input_ids     a a a a b b c c c
+    position_ids  0 1 2 3 0 1 0 1 2     restart per example -> block-diagonal attention
+    targets       . a a a . b . c c     next-token targets, IGNORE across boundaries
+    seq_lens      [4, 2, 3]
     """
 
     input_ids: np.ndarray

@@ -1,10 +1,10 @@
 """Data stage: files -> rows -> Conversations -> a seeded train/eval mixture.
 
-    read_rows(path)            .json/.jsonl/.csv/.txt/.parquet/save_to_disk folder -> [RawRow]
-    detect_format(rows, file)  -> "alpaca" | "sharegpt" | "messages" | "prompt_completion" | "text"
-    to_conversation(row, fmt, ref) -> Conversation, or RowError(reason, field)
-    load_source(source)        -> SourceData (kept conversations + rejections with reasons)
-    build_mixture(...)         -> Mixture(train, eval, rejected, report)
+read_rows(path)            .json/.jsonl/.csv/.txt/.parquet/save_to_disk folder -> [RawRow]
+detect_format(rows, file)  -> "alpaca" | "sharegpt" | "messages" | "prompt_completion" | "text"
+to_conversation(row, fmt, ref) -> Conversation, or RowError(reason, field)
+load_source(source)        -> SourceData (kept conversations + rejections with reasons)
+build_mixture(...)         -> Mixture(train, eval, rejected, report)
 """
 
 from sftlab.data.formats import FORMATS, detect_format, to_conversation, validate_conversation

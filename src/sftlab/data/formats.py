@@ -34,15 +34,31 @@ DETECT_KEYS: dict[str, tuple[str, ...]] = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
-EXPECTED_KEYS = ("alpaca: instruction, input?, output; sharegpt: conversations; messages: messages; "
-                 "prompt_completion: prompt, completion; text: text")
+EXPECTED_KEYS = (
+    "alpaca: instruction, input?, output; sharegpt: conversations; messages: messages; "
+    "prompt_completion: prompt, completion; text: text"
+)
 DETECT_ROWS = 100
 
-MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user",
-                 "assistant": "assistant", "tool": "tool", "function": "tool"}
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
-                  "assistant": "assistant", "model": "assistant", "function_call": "assistant",
-                  "observation": "tool", "tool": "tool"}
+MESSAGE_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+    "function": "tool",
+}
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,8 +98,12 @@ def to_conversation(row: Any, fmt: str, ref: RowRef) -> Conversation:
         raise RowError(f"expected a row object, got {describe(row)}")
     if fmt == "text":
         return _text_row(row, ref)
-    converters = {"alpaca": _alpaca_messages, "sharegpt": _sharegpt_messages,
-                  "messages": _messages_row, "prompt_completion": _prompt_completion_messages}
+    converters = {
+        "alpaca": _alpaca_messages,
+        "sharegpt": _sharegpt_messages,
+        "messages": _messages_row,
+        "prompt_completion": _prompt_completion_messages,
+    }
     if fmt not in converters:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     messages = converters[fmt](row)
@@ -113,13 +133,15 @@ def _alpaca_messages(row: dict[str, Any]) -> list[Message]:
 
 def _history_messages(history: Any) -> list[Message]:
     if not isinstance(history, list):
-        raise RowError(f"expected a list of [user, assistant] pairs, got {describe(history)}",
-                       "history")
+        raise RowError(
+            f"expected a list of [user, assistant] pairs, got {describe(history)}", "history"
+        )
     messages = []
     for i, pair in enumerate(history):
         if not (isinstance(pair, list | tuple) and len(pair) == 2):
-            raise RowError(f"expected a pair [user, assistant], got {describe(pair)}",
-                           f"history[{i}]")
+            raise RowError(
+                f"expected a pair [user, assistant], got {describe(pair)}", f"history[{i}]"
+            )
         for j, role in enumerate(("user", "assistant")):
             if not isinstance(pair[j], str):
                 raise RowError(f"expected a string, got {describe(pair[j])}", f"history[{i}][{j}]")
@@ -133,15 +155,18 @@ def _sharegpt_messages(row: dict[str, Any]) -> list[Message]:
     for i, turn in enumerate(turns):
         field = f"conversations[{i}]"
         if not isinstance(turn, dict):
-            raise RowError(f"expected a turn object {{\"from\", \"value\"}}, got {describe(turn)}",
-                           field)
+            raise RowError(
+                f'expected a turn object {{"from", "value"}}, got {describe(turn)}', field
+            )
         # Some exports use role/content inside `conversations`; both spellings mean the same.
         tag = "from" if "from" in turn or "role" not in turn else "role"
         text_key = "value" if "value" in turn or "content" not in turn else "content"
         speaker = _require(turn, tag, "sharegpt turn", str, prefix=f"{field}.")
         if speaker not in SHAREGPT_ROLES:
-            raise RowError(f"unknown role {speaker!r}; known roles: {', '.join(SHAREGPT_ROLES)}",
-                           f"{field}.{tag}")
+            raise RowError(
+                f"unknown role {speaker!r}; known roles: {', '.join(SHAREGPT_ROLES)}",
+                f"{field}.{tag}",
+            )
         value = _require(turn, text_key, "sharegpt turn", None, prefix=f"{field}.")
         if speaker == "function_call":
             calls = _sharegpt_calls(value, f"{field}.{text_key}")
@@ -155,14 +180,15 @@ def _sharegpt_messages(row: dict[str, Any]) -> list[Message]:
 def _sharegpt_calls(value: Any, field: str) -> tuple[ToolCall, ...]:
     """A function_call turn: '{"name": ..., "arguments": {...}}' (or a JSON list of those)."""
     if isinstance(value, str):
-        value = _parse_json(value, field, "a JSON object {\"name\": ..., \"arguments\": {...}}")
+        value = _parse_json(value, field, 'a JSON object {"name": ..., "arguments": {...}}')
     calls = value if isinstance(value, list) else [value]
     parsed = []
     for i, call in enumerate(calls):
         where = f"{field}[{i}]" if isinstance(value, list) else field
         if not isinstance(call, dict):
-            raise RowError(f"expected a call object {{\"name\", \"arguments\"}}, got {describe(call)}",
-                           where)
+            raise RowError(
+                f'expected a call object {{"name", "arguments"}}, got {describe(call)}', where
+            )
         parsed.append(_tool_call(call.get("name"), call.get("arguments"), where))
     return tuple(parsed)
 
@@ -194,20 +220,24 @@ def _message_list(items: list[Any], column: str) -> list[Message]:
 def _message(item: Any, field: str) -> Message:
     """{"role", "content", "tool_calls"?, "train"?, "weight"?} -> Message."""
     if not isinstance(item, dict):
-        raise RowError(f"expected a message object {{\"role\", \"content\"}}, got {describe(item)}",
-                       field)
+        raise RowError(
+            f'expected a message object {{"role", "content"}}, got {describe(item)}', field
+        )
     raw_role = _require(item, "role", "message", str, prefix=f"{field}.")
     if raw_role not in MESSAGE_ROLES:
-        raise RowError(f"unknown role {raw_role!r}; known roles: {', '.join(MESSAGE_ROLES)}",
-                       f"{field}.role")
+        raise RowError(
+            f"unknown role {raw_role!r}; known roles: {', '.join(MESSAGE_ROLES)}", f"{field}.role"
+        )
     role = MESSAGE_ROLES[raw_role]
     calls = _openai_calls(item.get("tool_calls"), f"{field}.tool_calls")
     content = item.get("content")
     if content is None and role == "assistant" and calls:
         content = ""  # an assistant turn that only calls tools has no text
     elif "content" not in item:
-        raise RowError(f"missing required key 'content'{_did_you_mean('content', list(item))}",
-                       f"{field}.content")
+        raise RowError(
+            f"missing required key 'content'{_did_you_mean('content', list(item))}",
+            f"{field}.content",
+        )
     text = _content_string(content, role, f"{field}.content")
     return Message(role, text, tool_calls=calls, train=_train_flag(item, field))
 
@@ -221,14 +251,19 @@ def _content_string(content: Any, role: str, field: str) -> str:
     texts = []
     for i, part in enumerate(content):
         if not isinstance(part, dict):
-            raise RowError(f"expected a content part {{\"type\": \"text\", \"text\": ...}}, got "
-                           f"{describe(part)}", f"{field}[{i}]")
+            raise RowError(
+                f'expected a content part {{"type": "text", "text": ...}}, got {describe(part)}',
+                f"{field}[{i}]",
+            )
         if part.get("type") != "text":
-            raise RowError(f"only text content parts are supported, got type {part.get('type')!r}",
-                           f"{field}[{i}].type")
+            raise RowError(
+                f"only text content parts are supported, got type {part.get('type')!r}",
+                f"{field}[{i}].type",
+            )
         if not isinstance(part.get("text"), str):
-            raise RowError(f"expected a string, got {describe(part.get('text'))}",
-                           f"{field}[{i}].text")
+            raise RowError(
+                f"expected a string, got {describe(part.get('text'))}", f"{field}[{i}].text"
+            )
         texts.append(part["text"])
     return "".join(texts)
 
@@ -245,13 +280,17 @@ def _openai_calls(calls: Any, field: str) -> tuple[ToolCall, ...]:
         if not isinstance(call, dict):
             raise RowError(f"expected a tool call object, got {describe(call)}", where)
         if call.get("type", "function") not in ("function", None):
-            raise RowError(f"only function tool calls are supported, got type {call['type']!r}",
-                           f"{where}.type")
+            raise RowError(
+                f"only function tool calls are supported, got type {call['type']!r}",
+                f"{where}.type",
+            )
         wrapped = call.get("function") is not None  # null: a columnar file's flat call
         function = call["function"] if wrapped else call
         if not isinstance(function, dict):
-            raise RowError(f"expected an object {{\"name\", \"arguments\"}}, got {describe(function)}",
-                           f"{where}.function")
+            raise RowError(
+                f'expected an object {{"name", "arguments"}}, got {describe(function)}',
+                f"{where}.function",
+            )
         where = f"{where}.function" if wrapped else where
         parsed.append(_tool_call(function.get("name"), function.get("arguments"), where))
     return tuple(parsed)
@@ -259,15 +298,18 @@ def _openai_calls(calls: Any, field: str) -> tuple[ToolCall, ...]:
 
 def _tool_call(name: Any, arguments: Any, field: str) -> ToolCall:
     if not isinstance(name, str) or not name.strip():
-        raise RowError(f"expected a function name (a non-empty string), got {describe(name)}",
-                       f"{field}.name")
+        raise RowError(
+            f"expected a function name (a non-empty string), got {describe(name)}", f"{field}.name"
+        )
     if arguments is None:
         arguments = {}  # a call without arguments
     if isinstance(arguments, str):
         arguments = _parse_json(arguments, f"{field}.arguments", "a JSON object string")
     if not isinstance(arguments, dict):
-        raise RowError(f"expected arguments as an object or a JSON object string, got "
-                       f"{describe(arguments)}", f"{field}.arguments")
+        raise RowError(
+            f"expected arguments as an object or a JSON object string, got {describe(arguments)}",
+            f"{field}.arguments",
+        )
     return ToolCall(name=name, arguments=arguments)
 
 
@@ -279,8 +321,10 @@ def _train_flag(item: dict[str, Any], field: str) -> bool | None:
     if weight is None:
         return train
     if isinstance(weight, bool) or not isinstance(weight, int | float) or weight not in (0, 1):
-        raise RowError(f"weight must be 0 or 1; fractional weights are not supported (got "
-                       f"{describe(weight)})", f"{field}.weight")
+        raise RowError(
+            f"weight must be 0 or 1; fractional weights are not supported (got {describe(weight)})",
+            f"{field}.weight",
+        )
     if train is not None and train != bool(weight):
         raise RowError(f"train ({train}) and weight ({weight}) disagree", f"{field}.weight")
     return bool(weight)
@@ -314,14 +358,17 @@ def validate_conversation(messages: list[Message]) -> None:
     for i, message in enumerate(messages):
         _check_position(message, previous, i)
         if message.role == "assistant" and not message.tool_calls and not message.content.strip():
-            raise RowError("empty assistant answer: expected text or tool calls",
-                           f"messages[{i}].content")
+            raise RowError(
+                "empty assistant answer: expected text or tool calls", f"messages[{i}].content"
+            )
         previous = message if message.role != "system" else None
     last = messages[-1]
     if last.role in ("user", "tool"):
-        raise RowError(f"the conversation ends with a {last.role} message: nothing to learn from "
-                       "the last turn (expected it to end with an assistant message)",
-                       f"messages[{len(messages) - 1}]")
+        raise RowError(
+            f"the conversation ends with a {last.role} message: nothing to learn from "
+            "the last turn (expected it to end with an assistant message)",
+            f"messages[{len(messages) - 1}]",
+        )
 
 
 def _check_position(message: Message, previous: Message | None, i: int) -> None:
@@ -329,22 +376,31 @@ def _check_position(message: Message, previous: Message | None, i: int) -> None:
     field, role = f"messages[{i}]", message.role
     if role == "system":
         if i > 0:
-            raise RowError(f"a system message is only allowed first; found one at position {i}",
-                           field)
+            raise RowError(
+                f"a system message is only allowed first; found one at position {i}", field
+            )
         return
     if previous is None:
         if role != "user":
-            raise RowError(f"the first message after any system prompt must be from the user, "
-                           f"got {role}", field)
+            raise RowError(
+                f"the first message after any system prompt must be from the user, got {role}",
+                field,
+            )
         return
     if role == "tool":
         if previous.role != "tool" and not previous.tool_calls:
-            raise RowError(f"a tool message must follow an assistant message with tool calls "
-                           f"(or another tool message), got one after {previous.role}", field)
+            raise RowError(
+                f"a tool message must follow an assistant message with tool calls "
+                f"(or another tool message), got one after {previous.role}",
+                field,
+            )
         return
     if role == previous.role:
-        raise RowError(f"two consecutive {role} messages (positions {i - 1} and {i}); "
-                       "expected user and assistant turns to alternate", field)
+        raise RowError(
+            f"two consecutive {role} messages (positions {i - 1} and {i}); "
+            "expected user and assistant turns to alternate",
+            field,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,10 +411,14 @@ def _require(row: dict[str, Any], key: str, fmt: str, kind: Any = str, prefix: s
     """row[key] of the expected type, or RowError naming what is missing or wrong."""
     if key not in row:
         other = _row_format(row) if not prefix else None  # only whole rows have a format
-        hint = (f" (this row has the keys of the {other!r} format; one file holds one format)"
-                if other and other != fmt else "")
-        raise RowError(f"missing required key {key!r}{_did_you_mean(key, list(row))}{hint}",
-                       f"{prefix}{key}")
+        hint = (
+            f" (this row has the keys of the {other!r} format; one file holds one format)"
+            if other and other != fmt
+            else ""
+        )
+        raise RowError(
+            f"missing required key {key!r}{_did_you_mean(key, list(row))}{hint}", f"{prefix}{key}"
+        )
     value = row[key]
     if kind is not None and not isinstance(value, kind):
         wanted = "a string" if kind is str else "a list" if kind is list else "a string or a list"
@@ -383,8 +443,10 @@ def _parse_json(text: str, field: str, expected: str) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        raise RowError(f"expected {expected}, got text that is not valid JSON ({reason}): "
-                       f"{_preview(text)}", field) from None
+        raise RowError(
+            f"expected {expected}, got text that is not valid JSON ({reason}): {_preview(text)}",
+            field,
+        ) from None
 
 
 def _did_you_mean(key: str, present: list[str]) -> str:
@@ -392,8 +454,9 @@ def _did_you_mean(key: str, present: list[str]) -> str:
     if key in present:
         return ""
     same_case = [k for k in present if isinstance(k, str) and k.lower() == key.lower()]
-    close = same_case or difflib.get_close_matches(key, [k for k in present if isinstance(k, str)],
-                                                   n=1, cutoff=0.75)
+    close = same_case or difflib.get_close_matches(
+        key, [k for k in present if isinstance(k, str)], n=1, cutoff=0.75
+    )
     return f" (did you mean {key!r}? found {close[0]!r})" if close else ""
 
 
@@ -416,4 +479,3 @@ def describe(value: Any) -> str:
     if isinstance(value, dict):
         return f"an object with keys {list(value)[:6]}"
     return f"a {type(value).__name__}"
-

@@ -146,14 +146,27 @@ def build_mixture(
         sampled = _sample(train_part, *size, random.Random(f"{seed}/sample/{i}"))
         train += sampled
         evals += eval_part
-        report_rows.append({"label": src.label, "file": src.file, "format": src.fmt,
-                            "rows_in": src.n_input, "kept": len(src.conversations),
-                            "rejected": len(src.rejected), "eval": len(eval_part),
-                            "train_after_sampling": len(sampled)})
+        report_rows.append(
+            {
+                "label": src.label,
+                "file": src.file,
+                "format": src.fmt,
+                "rows_in": src.n_input,
+                "kept": len(src.conversations),
+                "rejected": len(src.rejected),
+                "eval": len(eval_part),
+                "train_after_sampling": len(sampled),
+            }
+        )
     random.Random(f"{seed}/shuffle").shuffle(train)
     rejected = [r for src in sources for r in src.rejected]
-    report = {"sources": report_rows, "train": len(train), "eval": len(evals),
-              "rejected": len(rejected), "seed": seed}
+    report = {
+        "sources": report_rows,
+        "train": len(train),
+        "eval": len(evals),
+        "rejected": len(rejected),
+        "seed": seed,
+    }
     return Mixture(train=train, eval=evals, rejected=rejected, report=report)
 
 
@@ -199,7 +212,7 @@ def _sample(
 ) -> list[Conversation]:
     """rows=N -> N rows; ratio=r -> round(r * len); neither -> all. Past the end, the order repeats.
 
-        rows [a b c], rows=7 -> permutation (c a b) cycled -> c a b c a b c
+    rows [a b c], rows=7 -> permutation (c a b) cycled -> c a b c a b c
     """
     if n_rows is None and ratio is None:
         return list(rows)

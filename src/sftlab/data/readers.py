@@ -78,8 +78,12 @@ def _read_file(path: Path) -> list[RawRow]:
         )
     if ext == ".parquet":
         return _read_parquet(path)
-    text_readers = {".json": _read_json, ".jsonl": _read_json_lines, ".csv": _read_csv,
-                    ".txt": _read_plain_text}
+    text_readers = {
+        ".json": _read_json,
+        ".jsonl": _read_json_lines,
+        ".csv": _read_csv,
+        ".txt": _read_plain_text,
+    }
     return text_readers[ext](_read_text(path), file)
 
 
@@ -172,7 +176,11 @@ class _StrictDecoder:
 
 
 def _not_an_object(value: Any) -> str | None:
-    return None if isinstance(value, dict) else f"expected a JSON object {{...}} per row, got {_json_type(value)}"
+    return (
+        None
+        if isinstance(value, dict)
+        else f"expected a JSON object {{...}} per row, got {_json_type(value)}"
+    )
 
 
 def _json_type(value: Any) -> str:
@@ -200,7 +208,7 @@ def _read_json(text: str, file: str) -> list[RawRow]:
         value, _ = json.JSONDecoder().raw_decode(text, start)
         found = f"starts with {_json_type(value)}"
     except (json.JSONDecodeError, RecursionError):
-        found = f"does not start with a JSON value ({text[start:start + 20]!r})"
+        found = f"does not start with a JSON value ({text[start : start + 20]!r})"
     expected = "expected a JSON array of row objects ([{...}, ...]) or JSON lines"
     raise DataError(file, f"{expected}; the file {found}", line=text.count("\n", 0, start) + 1)
 
@@ -225,8 +233,8 @@ def _reject_single_object(text: str, file: str) -> None:
 def _read_json_array(text: str, start: int, file: str) -> list[RawRow]:
     """Walk the array element by element with raw_decode, noting where each element starts.
 
-        [ {"a": 1},   <- element 0, line 1
-          {"a": 2} ]  <- element 1, line 2
+    [ {"a": 1},   <- element 0, line 1
+      {"a": 2} ]  <- element 1, line 2
     """
     decoder, rows = _StrictDecoder(), []
     whitespace = re.compile(r"\s*")
@@ -265,20 +273,26 @@ def _after_array(text: str, pos: int, file: str, rows: list[RawRow]) -> list[Raw
 
 def _array_error(exc: json.JSONDecodeError, text: str, file: str, n: int, line: int) -> DataError:
     if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
-        message = (f"truncated JSON array: the file ends inside element {n} (which starts at "
-                   f"line {line}); expected the element to be complete and the array closed")
+        message = (
+            f"truncated JSON array: the file ends inside element {n} (which starts at "
+            f"line {line}); expected the element to be complete and the array closed"
+        )
     else:
-        message = (f"malformed JSON array at line {exc.lineno}, column {exc.colno}: {exc.msg} "
-                   f"(in element {n}, which starts at line {line})")
+        message = (
+            f"malformed JSON array at line {exc.lineno}, column {exc.colno}: {exc.msg} "
+            f"(in element {n}, which starts at line {line})"
+        )
     return DataError(file, message, line=exc.lineno)
 
 
 def _array_separator_error(text: str, pos: int, file: str, n: int) -> DataError:
     if pos >= len(text):
-        message = (f"truncated JSON array: the file ends after element {n - 1}; "
-                   "expected ',' and more elements or a closing ']'")
+        message = (
+            f"truncated JSON array: the file ends after element {n - 1}; "
+            "expected ',' and more elements or a closing ']'"
+        )
     else:
-        message = f"malformed JSON array: expected ',' or ']' after element {n - 1}, found {text[pos:pos + 20]!r}"
+        message = f"malformed JSON array: expected ',' or ']' after element {n - 1}, found {text[pos : pos + 20]!r}"
     return DataError(file, message, line=text.count("\n", 0, pos) + 1)
 
 
@@ -346,7 +360,9 @@ def _read_csv(text: str, file: str) -> list[RawRow]:
     decoder, rows = _StrictDecoder(strict=False), []
     for line, cells in records:
         if len(cells) != len(header):
-            error = f"expected {len(header)} fields (columns: {', '.join(header)}), got {len(cells)}"
+            error = (
+                f"expected {len(header)} fields (columns: {', '.join(header)}), got {len(cells)}"
+            )
             value: Any = _clip(",".join(cells))
         else:
             value, error = _parse_csv_cells(dict(zip(header, cells, strict=True)), decoder)

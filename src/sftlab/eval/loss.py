@@ -16,7 +16,9 @@ from sftlab.template.render import Renderer
 
 
 @torch.no_grad()
-def conversation_loss(model, renderer: Renderer, conversations: Sequence[Conversation], batch_tokens: int = 4096) -> float:
+def conversation_loss(
+    model, renderer: Renderer, conversations: Sequence[Conversation], batch_tokens: int = 4096
+) -> float:
     rows = single_rows([renderer.encode(c) for c in conversations])
     scorer = SupervisedLoss(model).eval()
     device = next(model.parameters()).device

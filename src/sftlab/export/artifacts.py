@@ -1,14 +1,14 @@
 """What a run directory holds, written and read back in one place.
 
-    RUN/
-      config.yaml          resolved config (every default filled in)
-      manifest.json        data/template/tokenizer hashes, versions, seed, device, precision
-      mask_report.json     the pre-flight report        rejected.jsonl  rows set aside, with reasons
-      metrics.jsonl        one line per step / eval     summary.json    the outcome
-      chat_format.json     template (system prompt baked in), end-of-turn token
-      tokenizer/           tokenizer files whose chat_template is exactly the trained one
-      adapter/             LoRA weights (peft format)   or  model/  (full fine-tuning)
-      merged/              with export.merged: a plain transformers model
+RUN/
+  config.yaml          resolved config (every default filled in)
+  manifest.json        data/template/tokenizer hashes, versions, seed, device, precision
+  mask_report.json     the pre-flight report        rejected.jsonl  rows set aside, with reasons
+  metrics.jsonl        one line per step / eval     summary.json    the outcome
+  chat_format.json     template (system prompt baked in), end-of-turn token
+  tokenizer/           tokenizer files whose chat_template is exactly the trained one
+  adapter/             LoRA weights (peft format)   or  model/  (full fine-tuning)
+  merged/              with export.merged: a plain transformers model
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ class LoadedRun:
         return stop_token_ids(self.tokenizer, self.fmt)
 
 
-def load_run(run_dir: str | Path, dtype: torch.dtype = torch.float32, merged: bool = True) -> LoadedRun:
+def load_run(
+    run_dir: str | Path, dtype: torch.dtype = torch.float32, merged: bool = True
+) -> LoadedRun:
     """A trained run, ready to generate: base + adapter merged (or the full model)."""
     run_dir = Path(run_dir)
     if not (run_dir / "manifest.json").is_file():

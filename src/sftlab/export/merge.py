@@ -26,11 +26,15 @@ def export_merged(run_dir: str | Path, out_dir: str | Path) -> Path:
     ids = torch.tensor([run.renderer.encode_prompt(probe)])
     with torch.no_grad():
         before = run.model(input_ids=ids).logits
-        model = run.model.merge_and_unload() if hasattr(run.model, "merge_and_unload") else run.model
+        model = (
+            run.model.merge_and_unload() if hasattr(run.model, "merge_and_unload") else run.model
+        )
         after = model(input_ids=ids).logits
     gap = float((before - after).abs().max())
     if gap > PARITY_TOLERANCE:
-        raise SftlabError(f"merged model differs from base + adapter (max logit gap {gap:.2e}); not exported")
+        raise SftlabError(
+            f"merged model differs from base + adapter (max logit gap {gap:.2e}); not exported"
+        )
     model.generation_config.eos_token_id = run.stop_ids
     model.generation_config.pad_token_id = run.tokenizer.pad_token_id
     staging = out_dir.with_name(out_dir.name + ".partial")

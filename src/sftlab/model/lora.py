@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 
-def add_lora(model: nn.Module, r: int, alpha: float, dropout: float, target_modules, autocast: bool = False):
+def add_lora(
+    model: nn.Module, r: int, alpha: float, dropout: float, target_modules, autocast: bool = False
+):
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(

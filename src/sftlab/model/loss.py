@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sftlab.core.types import IGNORE_INDEX
+from sftlab.model.device import attention_for, use_attention
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -28,7 +29,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, chunk: int, compute_dtype: torch.dtype):
         w = weight.to(compute_dtype)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+        grad_weight = (
+            torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+        )
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start : start + chunk].to(compute_dtype)
@@ -66,11 +69,12 @@ class SupervisedLoss(nn.Module):
     Being one module keeps DDP's gradient hooks on the path (accelerate wraps this, not the LM).
     """
 
-    def __init__(self, model: nn.Module, chunk_tokens: int = 256):
+    def __init__(self, model: nn.Module, chunk_tokens: int = 256, attention: str | None = None):
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.attention = attention or base.config._attn_implementation
         self.decoder = base.get_decoder()
         self.head = base.get_output_embeddings()
         self.softcap = getattr(base.config, "final_logit_softcapping", None)
@@ -78,6 +82,7 @@ class SupervisedLoss(nn.Module):
         self.fused = type(self.head) is nn.Linear and self.head.bias is None and not self.softcap
 
     def forward(self, input_ids, position_ids, targets) -> torch.Tensor:
+        use_attention(self.decoder, attention_for(self.attention, input_ids.shape[1]))
         # use_cache=False matters: with a cache, transformers ignores the restarting position ids
         # and packed examples attend to each other.
         hidden = self.decoder(
@@ -86,14 +91,22 @@ class SupervisedLoss(nn.Module):
         keep = targets != IGNORE_INDEX
         hidden, wanted = hidden[keep], targets[keep]
         if self.fused and torch.is_grad_enabled():
-            dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(
-                hidden.device.type
-            ) else hidden.dtype
-            return _FusedLinearCrossEntropy.apply(hidden, self.head.weight, wanted, self.chunk_tokens, dtype)
+            dtype = (
+                torch.get_autocast_dtype(hidden.device.type)
+                if torch.is_autocast_enabled(hidden.device.type)
+                else hidden.dtype
+            )
+            return _FusedLinearCrossEntropy.apply(
+                hidden, self.head.weight, wanted, self.chunk_tokens, dtype
+            )
         total = hidden.new_zeros((), dtype=torch.float32)
-        for h, t in zip(hidden.split(self.chunk_tokens), wanted.split(self.chunk_tokens), strict=True):
+        for h, t in zip(
+            hidden.split(self.chunk_tokens), wanted.split(self.chunk_tokens), strict=True
+        ):
             if torch.is_grad_enabled():  # recompute the chunk's logits in backward, don't keep them
-                part = checkpoint(_chunk_loss_sum, self.head, h, t, self.softcap, use_reentrant=False)
+                part = checkpoint(
+                    _chunk_loss_sum, self.head, h, t, self.softcap, use_reentrant=False
+                )
             else:
                 part = _chunk_loss_sum(self.head, h, t, self.softcap)
             total = total + part

@@ -31,7 +31,9 @@ def _gated_product(act_fn, gate, up):
 def _lean_gated_mlp(self, x):
     gate, up = self.gate_proj(x), self.up_proj(x)
     if torch.is_grad_enabled():
-        return self.down_proj(checkpoint(_gated_product, self.act_fn, gate, up, use_reentrant=False))
+        return self.down_proj(
+            checkpoint(_gated_product, self.act_fn, gate, up, use_reentrant=False)
+        )
     return self.down_proj(_gated_product(self.act_fn, gate, up))
 
 
@@ -48,7 +50,11 @@ def recompute_gated_products(model: nn.Module) -> int:
 
 @torch.no_grad()
 def _same_output(mlp: nn.Module) -> bool:
-    weight = mlp.gate_proj.weight if hasattr(mlp.gate_proj, "weight") else mlp.gate_proj.base_layer.weight
+    weight = (
+        mlp.gate_proj.weight
+        if hasattr(mlp.gate_proj, "weight")
+        else mlp.gate_proj.base_layer.weight
+    )
     x = torch.randn(3, weight.shape[1], dtype=weight.dtype, device=weight.device)
     return torch.equal(mlp(x), _lean_gated_mlp(mlp, x))
 

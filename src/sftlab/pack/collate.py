@@ -62,7 +62,9 @@ def collate(rows: Sequence[PackedRow], pad_id: int, multiple_of: int = 8) -> Bat
     )
 
 
-def group_by_budget(lengths: Sequence[int], budget: int, rng: np.random.Generator) -> list[list[int]]:
+def group_by_budget(
+    lengths: Sequence[int], budget: int, rng: np.random.Generator
+) -> list[list[int]]:
     """Micro-batches of row indices whose padded size (rows x longest) fits the token budget.
 
     Rows are sorted by length first (random tie-break) so similar lengths share a batch and

@@ -72,5 +72,7 @@ def single_rows(examples: Sequence[TokenizedExample]) -> list[PackedRow]:
     return [make_row([e]) for e in examples]
 
 
-def build_rows(examples: Sequence[TokenizedExample], capacity: int, packing: bool) -> list[PackedRow]:
+def build_rows(
+    examples: Sequence[TokenizedExample], capacity: int, packing: bool
+) -> list[PackedRow]:
     return pack_examples(examples, capacity) if packing else single_rows(examples)

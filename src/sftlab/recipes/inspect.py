@@ -17,14 +17,18 @@ from sftlab.template.inspect import example_json, highlighted
 from sftlab.template.render import Renderer
 
 
-def inspect_file(file: Path, model: str, out_format: str, limit: int, data_format: str, template: dict) -> None:
+def inspect_file(
+    file: Path, model: str, out_format: str, limit: int, data_format: str, template: dict
+) -> None:
     source = load_source(SourceConfig(path=str(file), format=data_format))
     tokenizer = load_tokenizer(resolve_model(model))
     cfg = TemplateConfig(**template)
     renderer = Renderer(tokenizer, build_chat_format(tokenizer, cfg))
     encoded = encode_dataset(renderer, source.conversations, cfg.max_length, cfg.truncation)
     rejected = source.rejected + encoded.rejected
-    report = mask_report(renderer, encoded.conversations, encoded.examples, rejected, encoded.truncated)
+    report = mask_report(
+        renderer, encoded.conversations, encoded.examples, rejected, encoded.truncated
+    )
     report["rows_in_file"] = source.n_input
     report["format"] = source.fmt
     shown = encoded.examples[:limit]
@@ -40,6 +44,8 @@ def inspect_file(file: Path, model: str, out_format: str, limit: int, data_forma
         console.rule(f"{example.source}  {len(example)} tokens, {example.n_supervised} supervised")
         console.print(highlighted(example, tokenizer))
     for rejection in rejected[:limit]:
-        console.print(f"[red]rejected[/red] {rejection.file}:{rejection.line} ({rejection.stage}): {rejection.reason}")
+        console.print(
+            f"[red]rejected[/red] {rejection.file}:{rejection.line} ({rejection.stage}): {rejection.reason}"
+        )
     console.rule("mask report")
     console.print_json(json.dumps(report, ensure_ascii=False))

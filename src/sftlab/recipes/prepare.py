@@ -76,17 +76,25 @@ def cache_key(config: RunConfig, sources: list[dict], renderer: Renderer) -> str
     })[:32]  # fmt: skip
 
 
-def render_data(config: RunConfig, base_dir, ref, tokenizer, renderer: Renderer, sources) -> Prepared:
+def render_data(
+    config: RunConfig, base_dir, ref, tokenizer, renderer: Renderer, sources
+) -> Prepared:
     loaded = [load_source(source, base_dir) for source in config.data.sources]
     d, t = config.data, config.template
-    mixture = build_mixture(loaded, [(s.ratio, s.rows) for s in d.sources], d.eval_fraction, d.eval_rows, d.seed)
+    mixture = build_mixture(
+        loaded, [(s.ratio, s.rows) for s in d.sources], d.eval_fraction, d.eval_rows, d.seed
+    )
     train_set = encode_dataset(renderer, mixture.train, t.max_length, t.truncation)
     eval_set = encode_dataset(renderer, mixture.eval, t.max_length, t.truncation)
     rejected = dedupe(mixture.rejected + train_set.rejected + eval_set.rejected)
-    report = mask_report(renderer, train_set.conversations, train_set.examples, rejected, train_set.truncated)
+    report = mask_report(
+        renderer, train_set.conversations, train_set.examples, rejected, train_set.truncated
+    )
     report["data"] = mixture.report
     report["eval_rows"] = len(eval_set.examples)
-    return Prepared(ref, tokenizer, renderer, train_set.examples, eval_set.examples, rejected, report, sources)
+    return Prepared(
+        ref, tokenizer, renderer, train_set.examples, eval_set.examples, rejected, report, sources
+    )
 
 
 def dedupe(rejections: list[Rejection]) -> list[Rejection]:

@@ -1,8 +1,8 @@
 """The whole supervised fine-tuning run, top to bottom. Composes the stages; holds no stage logic.
 
-    config -> data (read, convert, mix, split) -> template (render ids+labels, pre-flight report)
-           -> pack (rows) -> model (load, LoRA) -> train loop -> save (adapter, tokenizer, template)
-           -> export (merged model, optional)
+config -> data (read, convert, mix, split) -> template (render ids+labels, pre-flight report)
+       -> pack (rows) -> model (load, LoRA) -> train loop -> save (adapter, tokenizer, template)
+       -> export (merged model, optional)
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sftlab.core.io import write_json, write_text_atomic
 from sftlab.export.artifacts import save_chat_format, save_tokenizer, save_trained
 from sftlab.model.device import (
     accelerate_precision,
+    attention_for,
     compile_layers,
     resolve_attention,
     resolve_packing,
@@ -79,7 +80,9 @@ def build_model(config: RunConfig, ref: ModelRef, precision: str, attention: str
         model.enable_input_require_grads()
     if t.method == "lora":
         lc = config.lora
-        model = add_lora(model, lc.r, lc.alpha, lc.dropout, lc.target_modules, autocast=precision != "fp32")
+        model = add_lora(
+            model, lc.r, lc.alpha, lc.dropout, lc.target_modules, autocast=precision != "fp32"
+        )
     model.train()
     return model
 
@@ -148,23 +151,25 @@ class Session:
 
     def evaluate(self) -> float:
         s = self.settings
-        return loop.eval_loss(self.accelerator, self.model, self.eval_rows, s.batch_tokens, s.pad_id)
+        return loop.eval_loss(
+            self.accelerator, self.model, self.eval_rows, s.batch_tokens, s.pad_id
+        )
 
 
 def setup(config: RunConfig, prepared: Prepared, accelerator, device_type: str, say) -> Session:
     t, tmpl = config.train, config.template
     precision = resolve_precision(t.precision, device_type)
     packing = resolve_packing(config.pack.enabled, device_type)
-    attention = resolve_attention(config.model.attn_implementation, device_type, packing)
+    attention = resolve_attention(config.model.attn_implementation, device_type)
     train_rows = build_rows(prepared.train, tmpl.max_length, packing)
     eval_rows = build_rows(prepared.eval, tmpl.max_length, packing)
-    model = build_model(config, prepared.ref, precision, attention)
+    model = build_model(config, prepared.ref, precision, attention_for(attention, tmpl.max_length))
     trainable, total = count_parameters(model)
     say(
         f"model: {config.model.name} ({t.method}, {trainable:,} of {total:,} parameters trained; "
         f"{precision}, {attention} attention, packing {'on' if packing else 'off'})"
     )
-    wrapped = SupervisedLoss(model)
+    wrapped = SupervisedLoss(model, attention=attention)
     optimizer = build_optimizer(wrapped, t.peak_lr(), t.weight_decay)
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
     if t.compile:
@@ -254,7 +259,9 @@ def start_or_resume(session: Session, run_dir: Path, resume_from, main: bool, sa
     return loop.LoopState(**saved["loop"]), saved["eval_loss_before"]
 
 
-def train_with_checkpoints(session: Session, config: RunConfig, run_dir: Path, state, meta, main: bool):
+def train_with_checkpoints(
+    session: Session, config: RunConfig, run_dir: Path, state, meta, main: bool
+):
     """The loop, with a checkpoint every save_every steps, at the end, and on SIGINT/SIGTERM."""
     t = config.train
     root = run_dir / "checkpoints"
@@ -262,13 +269,21 @@ def train_with_checkpoints(session: Session, config: RunConfig, run_dir: Path, s
     def save(current: loop.LoopState) -> Path | None:
         if not main:
             return None
-        return checkpoint.save(root, session.unwrapped, session.optimizer, current.to_dict(), meta, t.keep_last)
+        return checkpoint.save(
+            root, session.unwrapped, session.optimizer, current.to_dict(), meta, t.keep_last
+        )
 
     def periodic(current: loop.LoopState, record: dict) -> None:
-        if t.save_every and current.step % t.save_every == 0 and current.step < session.settings.total_steps:
+        if (
+            t.save_every
+            and current.step % t.save_every == 0
+            and current.step < session.settings.total_steps
+        ):
             save(current)
 
-    reporter = Reporter(run_dir / "metrics.jsonl", session.settings.total_steps, enabled=main, start_step=state.step)
+    reporter = Reporter(
+        run_dir / "metrics.jsonl", session.settings.total_steps, enabled=main, start_step=state.step
+    )
     with StopSignals() as signals:
         hooks = loop.Hooks(after_step=[periodic], should_stop=lambda: signals.received is not None)
         try:
@@ -287,7 +302,9 @@ def train_with_checkpoints(session: Session, config: RunConfig, run_dir: Path, s
     return state
 
 
-def finish(run_dir, session: Session, prepared: Prepared, config: RunConfig, state, before, after, say) -> None:
+def finish(
+    run_dir, session: Session, prepared: Prepared, config: RunConfig, state, before, after, say
+) -> None:
     save_outputs(run_dir, session.unwrapped.model, prepared, config)
     write_json(run_dir / "manifest.json", manifest(config, prepared, session.facts))
     write_json(run_dir / "summary.json", {

@@ -57,7 +57,9 @@ def prefix_problems(renderer: Renderer, conv: Conversation, example: TokenizedEx
             problems.append(f"cannot render the prompt for message {k}: {err}")
             continue
         if len(prompt) <= len(ids) and ids[: len(prompt)] != prompt and not example.truncated:
-            problems.append(f"the inference prompt for message {k} is not a prefix of the training tokens")
+            problems.append(
+                f"the inference prompt for message {k} is not a prefix of the training tokens"
+            )
     return problems
 
 
@@ -92,7 +94,9 @@ def mask_report(
     for conv, ex in sample:
         if conv.kind != "chat":
             continue
-        problems += [{"row": str(ex.source), "problem": p} for p in prefix_problems(renderer, conv, ex)]
+        problems += [
+            {"row": str(ex.source), "problem": p} for p in prefix_problems(renderer, conv, ex)
+        ]
         mismatched_whole += not whole_text_matches(renderer, conv, ex)
     tokens = sum(len(e) for e in examples)
     supervised = sum(e.n_supervised for e in examples)

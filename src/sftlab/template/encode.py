@@ -47,7 +47,10 @@ def fit_length(example: TokenizedExample, max_length: int, policy: str) -> Token
 
 
 def encode_dataset(
-    renderer: Renderer, conversations: Sequence[Conversation], max_length: int, truncation: str,
+    renderer: Renderer,
+    conversations: Sequence[Conversation],
+    max_length: int,
+    truncation: str,
     chunk: int = 2048,
 ) -> EncodedSet:
     out = EncodedSet()
@@ -85,7 +88,11 @@ def conversation_json(conv: Conversation) -> dict:
     return {
         "messages": [
             {"role": m.role, "content": m.content[:2000]}
-            | ({"tool_calls": [[c.name, c.arguments] for c in m.tool_calls]} if m.tool_calls else {})
+            | (
+                {"tool_calls": [[c.name, c.arguments] for c in m.tool_calls]}
+                if m.tool_calls
+                else {}
+            )
             for m in conv.messages
         ]
     }

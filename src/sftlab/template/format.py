@@ -49,11 +49,15 @@ def _probe(tokenizer, source: str, messages: list[Message], tools=None) -> str:
     compiled = jinja.compile_template(source)
     dicts = [to_template_dict(m, placeholder(i)) for i, m in enumerate(messages)]
     try:
-        return jinja.render(compiled, messages=dicts, tools=tools, add_generation_prompt=False, **special)
+        return jinja.render(
+            compiled, messages=dicts, tools=tools, add_generation_prompt=False, **special
+        )
     except Exception as exc:  # noqa: BLE001 - any template failure here means it cannot train
         if isinstance(exc, TemplateError):
             raise
-        raise TemplateError(f"the chat template fails on a plain user/assistant exchange: {exc}") from None
+        raise TemplateError(
+            f"the chat template fails on a plain user/assistant exchange: {exc}"
+        ) from None
 
 
 def find_end_of_turn(tokenizer, source: str, override: str | None) -> tuple[str, int]:
@@ -109,7 +113,9 @@ def with_default_system(source: str, prompt: str | None) -> str:
 
 
 def build_chat_format(tokenizer, config: TemplateConfig) -> ChatFormat:
-    source = with_default_system(template_source(tokenizer, config.chat_template), config.system_prompt)
+    source = with_default_system(
+        template_source(tokenizer, config.chat_template), config.system_prompt
+    )
     token, token_id = find_end_of_turn(tokenizer, source, config.end_of_turn)
     return ChatFormat(
         template=source,

@@ -68,7 +68,9 @@ def compile_template(source: str) -> jinja2.Template:
     try:
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"chat template does not parse (line {exc.lineno}): {exc.message}") from None
+        raise TemplateError(
+            f"chat template does not parse (line {exc.lineno}): {exc.message}"
+        ) from None
 
 
 def render(template: jinja2.Template, **context) -> str:

@@ -69,7 +69,9 @@ class Renderer:
         self.tokenizer = tokenizer
         self.fmt = fmt
         self.compiled = jinja.compile_template(fmt.template)
-        self.special_map = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+        self.special_map = {
+            k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)
+        }
         self._special, self._plain = _split_tokenizers(tokenizer)
         self._template_ids: dict[str, tuple[int, ...]] = {}
         self._skeletons: dict[tuple, list[Piece]] = {}
@@ -108,7 +110,9 @@ class Renderer:
 
     # -- skeleton analysis (cached per conversation shape) --------------------------------
 
-    def skeleton(self, messages: list[Message], tools: list | None, generation_prompt: bool) -> list[Piece]:
+    def skeleton(
+        self, messages: list[Message], tools: list | None, generation_prompt: bool
+    ) -> list[Piece]:
         key = (
             tuple((m.role, m.train, _calls_json(m)) for m in messages),
             json.dumps(tools, sort_keys=True) if tools else "",
@@ -165,7 +169,9 @@ class Renderer:
 
     # -- tokenization ------------------------------------------------------------------------
 
-    def pieces(self, conv: Conversation, generation_prompt: bool = False) -> tuple[list[Piece], list[str]]:
+    def pieces(
+        self, conv: Conversation, generation_prompt: bool = False
+    ) -> tuple[list[Piece], list[str]]:
         """The row's pieces and its message contents (verified against a real render)."""
         messages, tools = self.prepare(conv)
         skeleton = self.skeleton(messages, tools, generation_prompt)
@@ -197,7 +203,9 @@ class Renderer:
         labels: list[int] = []
         turn_ends: list[int] = []
         for piece in pieces:
-            part = content_ids[int(piece.text)] if piece.is_content else self.template_ids(piece.text)
+            part = (
+                content_ids[int(piece.text)] if piece.is_content else self.template_ids(piece.text)
+            )
             ids.extend(part)
             labels.extend(part if piece.supervised else [IGNORE_INDEX] * len(part))
             if piece.turn_end:
@@ -227,7 +235,9 @@ class Renderer:
             staged.append((conv, (pieces, needed), len(texts)))
             texts.extend(contents[i] for i in needed)
         encoded = self.content_ids(texts) if texts else []
-        return [item if isinstance(item, RowError) else self._finish(*item, encoded) for item in staged]
+        return [
+            item if isinstance(item, RowError) else self._finish(*item, encoded) for item in staged
+        ]
 
     def _finish(self, conv: Conversation, layout, offset: int, encoded: list[list[int]]):
         if layout is None:  # raw text: BOS if the tokenizer uses one, the text, EOS; all supervised
@@ -286,7 +296,9 @@ def _cut(text: str, spans, turn_ends, supervise_all: bool) -> list[Piece]:
         match = _PLACEHOLDER.fullmatch(text, a, b)
         inside = supervise_all or any(s <= a and b <= e for s, e in spans)
         pieces.append(
-            Piece(match.group(1) if match else text[a:b], bool(match), inside, turn_end=b in turn_ends)
+            Piece(
+                match.group(1) if match else text[a:b], bool(match), inside, turn_end=b in turn_ends
+            )
         )
     return pieces
 
@@ -338,8 +350,8 @@ def fold_tool_calls(message: Message) -> Message:
 def fold_tools_into_system(messages: list[Message], tools: list) -> list[Message]:
     schema = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
     note = (
-        "You can call these tools. To call one, answer with <tool_call>{\"name\": ..., "
-        f"\"arguments\": {{...}}}}</tool_call>.\n<tools>\n{schema}\n</tools>"
+        'You can call these tools. To call one, answer with <tool_call>{"name": ..., '
+        f'"arguments": {{...}}}}</tool_call>.\n<tools>\n{schema}\n</tools>'
     )
     if messages and messages[0].role == "system":
         first = messages[0]

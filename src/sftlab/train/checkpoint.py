@@ -47,7 +47,11 @@ def checkpoints(root: Path) -> list[Checkpoint]:
         return []
     found = []
     for entry in root.iterdir():
-        if entry.is_dir() and entry.name.startswith(PREFIX) and all((entry / f).is_file() for f in FILES):
+        if (
+            entry.is_dir()
+            and entry.name.startswith(PREFIX)
+            and all((entry / f).is_file() for f in FILES)
+        ):
             found.append(Checkpoint(entry, int(entry.name[len(PREFIX) :])))
     return sorted(found, key=lambda c: c.step)
 

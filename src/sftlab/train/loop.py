@@ -74,7 +74,9 @@ class NonFiniteLoss(SftlabError):
 
 
 def steps_per_epoch(rows: Sequence[PackedRow], s: LoopSettings, world: int) -> int:
-    return len(plan_epoch([len(r) for r in rows], s.batch_tokens, s.micro_per_step, world, s.seed, 0).steps)
+    return len(
+        plan_epoch([len(r) for r in rows], s.batch_tokens, s.micro_per_step, world, s.seed, 0).steps
+    )
 
 
 def total_steps_for(rows, s: LoopSettings, world: int, epochs: float, max_steps: int | None) -> int:
@@ -82,7 +84,9 @@ def total_steps_for(rows, s: LoopSettings, world: int, epochs: float, max_steps:
     return min(total, max_steps) if max_steps else total
 
 
-def train_step(accelerator, model, optimizer, rows, step_groups, s: LoopSettings, step: int = 0) -> dict:
+def train_step(
+    accelerator, model, optimizer, rows, step_groups, s: LoopSettings, step: int = 0
+) -> dict:
     """One optimizer step over this process's share of the step's micro-batches."""
     world, rank = accelerator.num_processes, accelerator.process_index
     scale = float("nan") if fault_active("nonfinite", step) else 1.0  # test seam: poisoned grads
@@ -113,17 +117,31 @@ def train_step(accelerator, model, optimizer, rows, step_groups, s: LoopSettings
     }
 
 
-def run(accelerator, model, optimizer, rows, s: LoopSettings, state: LoopState, reporter, evaluate, hooks: Hooks):
+def run(
+    accelerator,
+    model,
+    optimizer,
+    rows,
+    s: LoopSettings,
+    state: LoopState,
+    reporter,
+    evaluate,
+    hooks: Hooks,
+):
     """Train from `state` to s.total_steps. Returns the final state."""
     lengths = [len(r) for r in rows]
     world = accelerator.num_processes
     while state.step < s.total_steps:
-        plan: EpochPlan = plan_epoch(lengths, s.batch_tokens, s.micro_per_step, world, s.seed, state.epoch)
+        plan: EpochPlan = plan_epoch(
+            lengths, s.batch_tokens, s.micro_per_step, world, s.seed, state.epoch
+        )
         for step_groups in plan.steps[state.step_in_epoch :]:
             fault_point("step", state.step)
             if state.step >= s.total_steps or hooks.should_stop():
                 return state
-            lr = lr_at(state.step, s.total_steps, s.peak_lr, s.warmup_steps, s.schedule, s.min_lr_ratio)
+            lr = lr_at(
+                state.step, s.total_steps, s.peak_lr, s.warmup_steps, s.schedule, s.min_lr_ratio
+            )
             set_lr(optimizer, lr)
             started = time.perf_counter()
             record = train_step(accelerator, model, optimizer, rows, step_groups, s, state.step + 1)
@@ -161,11 +179,15 @@ def run(accelerator, model, optimizer, rows, s: LoopSettings, state: LoopState, 
     return state
 
 
-def _handle_nonfinite(optimizer, state: LoopState, record, step_groups, rows, s: LoopSettings) -> None:
+def _handle_nonfinite(
+    optimizer, state: LoopState, record, step_groups, rows, s: LoopSettings
+) -> None:
     """Skip the update; stop the run once more than `skip_nonfinite` steps went bad."""
     state.skipped_nonfinite += 1
     if state.skipped_nonfinite > s.skip_nonfinite:
-        sources = sorted({str(src) for g in step_groups for i in g for src in rows[i].sources if src})
+        sources = sorted(
+            {str(src) for g in step_groups for i in g for src in rows[i].sources if src}
+        )
         raise NonFiniteLoss(
             f"step {state.step + 1}: loss is {record['loss']} (grad norm {record['grad_norm']}); "
             f"the weights were not updated. The step's rows: {', '.join(sources[:20])}"
@@ -175,7 +197,9 @@ def _handle_nonfinite(optimizer, state: LoopState, record, step_groups, rows, s:
 
 
 @torch.no_grad()
-def eval_loss(accelerator, model, rows: Sequence[PackedRow], batch_tokens: int, pad_id: int) -> float:
+def eval_loss(
+    accelerator, model, rows: Sequence[PackedRow], batch_tokens: int, pad_id: int
+) -> float:
     """Mean supervised-token loss over `rows`, split across processes."""
     if not rows:
         return float("nan")

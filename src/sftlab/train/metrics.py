@@ -19,7 +19,9 @@ def append_record(path: Path, record: dict) -> None:
 class Reporter:
     """One per run, on the main process only (the others get `enabled=False`)."""
 
-    def __init__(self, path: Path | None, total_steps: int, enabled: bool = True, start_step: int = 0):
+    def __init__(
+        self, path: Path | None, total_steps: int, enabled: bool = True, start_step: int = 0
+    ):
         self.enabled = enabled
         self.path = path
         self.total = total_steps

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str, min_ratio: float) -> float:
+def lr_at(
+    step: int, total: int, peak: float, warmup: int, schedule: str, min_ratio: float
+) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then the schedule.
 
     A pure function, so a resumed run needs only the step number to continue the same curve.

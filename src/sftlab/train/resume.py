@@ -62,7 +62,11 @@ def changes(saved: dict, current: dict) -> list[str]:
     ]
     old_data = {d["file"]: d["sha256"] for d in saved.get("data", [])}
     new_data = {d["file"]: d["sha256"] for d in current["data"]}
-    found += [f"data file {f}: contents changed" for f in new_data if f in old_data and old_data[f] != new_data[f]]
+    found += [
+        f"data file {f}: contents changed"
+        for f in new_data
+        if f in old_data and old_data[f] != new_data[f]
+    ]
     found += [f"data file {f}: not in the checkpointed run" for f in new_data if f not in old_data]
     found += [f"data file {f}: no longer used" for f in old_data if f not in new_data]
     if saved.get("template_sha256") != current["template_sha256"]:
@@ -93,7 +97,9 @@ def truncate_metrics(path: Path, step: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def check_disk_space(run_dir: Path, trainable: int, total: int, keep_last: int, full: bool, merged: bool) -> None:
+def check_disk_space(
+    run_dir: Path, trainable: int, total: int, keep_last: int, full: bool, merged: bool
+) -> None:
     """Say before training, not at the first save, when the disk cannot hold what the run writes."""
     checkpoint = trainable * 4 * 3  # fp32 weights + two AdamW moments
     outputs = (total if full else trainable) * 4 + (total * 4 if merged else 0)
@@ -128,7 +134,9 @@ class StopSignals:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
         self.received = signum
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step ...", flush=True)
+        print(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint after this step ...", flush=True
+        )
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
