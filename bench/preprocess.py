@@ -36,7 +36,10 @@ def write_rows(path: Path, n: int) -> str:
             for i in range(1000)
         ]  # fmt: skip
         source = "generated"
-    rows = [dict(base[i % len(base)], instruction=f"{base[i % len(base)]['instruction']} (#{i})") for i in range(n)]
+    rows = [
+        dict(base[i % len(base)], instruction=f"{base[i % len(base)]['instruction']} (#{i})")
+        for i in range(n)
+    ]
     path.write_text(json.dumps(rows), encoding="utf-8")
     return source
 
@@ -69,7 +72,11 @@ def run_child(data: Path, cache: Path) -> dict:
     env = {**os.environ, "SFTLAB_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "true"}
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(data)], env=env, capture_output=True, text=True, check=True
+        [sys.executable, __file__, "--child", str(data)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["process_seconds"] = round(time.perf_counter() - started, 3)

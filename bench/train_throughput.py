@@ -190,7 +190,11 @@ def generated_conversations(work: Path):
     from sftlab.recipes import demo
 
     identity, general, _ = demo.write_data(work / "demo-data")
-    return [c for path in (identity, general) for c in load_source(SourceConfig(path=str(path))).conversations]
+    return [
+        c
+        for path in (identity, general)
+        for c in load_source(SourceConfig(path=str(path))).conversations
+    ]
 
 
 def alpaca_conversations():
@@ -216,11 +220,18 @@ def split_dataset(name: str, convs, renderer, rows: int | None, target: int | No
     heldout, pool = kept[:EVAL_ROWS], kept[EVAL_ROWS:]
     train, supervised = [], 0
     for conv, example in pool:
-        if (rows is not None and len(train) >= rows) or (rows is None and target and supervised >= target):
+        if (rows is not None and len(train) >= rows) or (
+            rows is None and target and supervised >= target
+        ):
             break
         train.append((conv, example))
         supervised += example.n_supervised
-    return {"train": train, "eval": heldout, "dropped": len(convs) - len(kept), "available": len(pool)}
+    return {
+        "train": train,
+        "eval": heldout,
+        "dropped": len(convs) - len(kept),
+        "available": len(pool),
+    }
 
 
 def write_rows(path: Path, pairs) -> None:
@@ -240,7 +251,10 @@ def child_prepare(spec: dict) -> dict:
     renderer = eval_renderer()
     ref = resolve_model("default")
     base = load_model(ref, dtype=torch.float32)
-    out = {"model": {"path": ref.path, "parameters": sum(p.numel() for p in base.parameters())}, "datasets": {}}
+    out = {
+        "model": {"path": ref.path, "parameters": sum(p.numel() for p in base.parameters())},
+        "datasets": {},
+    }
     for name, size in spec["datasets"].items():
         convs = generated_conversations(work) if name == "generated" else alpaca_conversations()
         split = split_dataset(name, convs, renderer, size["rows"], size["target_supervised"])
@@ -317,7 +331,10 @@ def child_sftlab(spec: dict) -> dict:
     weights = run_dir / ("adapter" if method == "lora" else "model")
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     steps = [r for r in map(json.loads, filter(None, lines)) if "step_seconds" in r]
-    seconds, supervised = [r["step_seconds"] for r in steps], [r["supervised_tokens"] for r in steps]
+    seconds, supervised = (
+        [r["step_seconds"] for r in steps],
+        [r["supervised_tokens"] for r in steps],
+    )
     return {
         "train_seconds": summary["train_seconds"],
         "tokens": summary["tokens"],
@@ -338,7 +355,9 @@ def trl_config(spec: dict, run_dir: Path, mean_row_tokens: float):
 
     packing = spec["packing"]
     # Packed: 4 rows of 512 per step. Unpacked: as many rows as average 2048 tokens.
-    batch = TRL_ROWS_PER_STEP if packing else max(1, round(BATCH_TOKENS * GRAD_ACCUM / mean_row_tokens))
+    batch = (
+        TRL_ROWS_PER_STEP if packing else max(1, round(BATCH_TOKENS * GRAD_ACCUM / mean_row_tokens))
+    )
     return SFTConfig(
         output_dir=str(run_dir), num_train_epochs=1, per_device_train_batch_size=batch,
         gradient_accumulation_steps=1, learning_rate=LR[spec["method"]], weight_decay=0.0,
@@ -425,9 +444,13 @@ def child_trl(spec: dict) -> dict:
     ref = resolve_model("default")
     set_seed(SEED)  # the LoRA weights are initialised inside SFTTrainer.__init__
     tokenizer = AutoTokenizer.from_pretrained(ref.path)
-    model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(
+        ref.path, dtype=torch.float32, attn_implementation="sdpa"
+    )
     # Conversational prompt-completion: TRL then trains on the completion tokens only.
-    rows = [{"prompt": m[:-1], "completion": [m[-1]]} for m in read_messages(Path(spec["train_file"]))]
+    rows = [
+        {"prompt": m[:-1], "completion": [m[-1]]} for m in read_messages(Path(spec["train_file"]))
+    ]
     lora = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
                       target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
     trainer = bench_trainer(SFTTrainer)(
@@ -462,7 +485,12 @@ def child_trl(spec: dict) -> dict:
     }  # fmt: skip
 
 
-CHILDREN = {"prepare": child_prepare, "ceilings": child_ceilings, "sftlab": child_sftlab, "trl": child_trl}
+CHILDREN = {
+    "prepare": child_prepare,
+    "ceilings": child_ceilings,
+    "sftlab": child_sftlab,
+    "trl": child_trl,
+}
 
 
 def child_main(task: str, spec_path: str) -> None:
@@ -535,7 +563,10 @@ def watch(proc: subprocess.Popen, interval: float = 0.25) -> dict:
     proc.wait()
     capacity = (time.perf_counter() - started) * (psutil.cpu_count() or 1)
     other = max(0.0, busy() - busy_before - child_cpu)
-    return {"sampled_peak_rss_mb": round(peak / 2**20, 1), "other_cpu_share": round(other / capacity, 3)}
+    return {
+        "sampled_peak_rss_mb": round(peak / 2**20, 1),
+        "other_cpu_share": round(other / capacity, 3),
+    }
 
 
 def plan_runs(datasets: list[str], reps: int, full_mode: bool, only: str | None) -> list[Run]:
@@ -543,7 +574,11 @@ def plan_runs(datasets: list[str], reps: int, full_mode: bool, only: str | None)
     runs = []
     for rep in range(1, reps + 1):
         for ds in datasets:
-            runs += [Run("sftlab", ds, "lora", rep), Run("trl", ds, "lora", rep), Run("sftlab_packed", ds, "lora", rep)]
+            runs += [
+                Run("sftlab", ds, "lora", rep),
+                Run("trl", ds, "lora", rep),
+                Run("sftlab_packed", ds, "lora", rep),
+            ]
     if full_mode:
         runs += [Run("sftlab", "generated", "full", 1), Run("trl", "generated", "full", 1)]
         runs += [Run("trl_default", "generated", "lora", 1)]
@@ -596,7 +631,9 @@ def aggregate(runs: list[dict]) -> dict | None:
         return None
     out = {key: mean([r[key] for r in runs]) for key in AGG_KEYS}
     out["peak_rss_mb"] = mean([r["memory"]["peak_rss_mb"] for r in runs])
-    out["per_run"] = {key: [r[key] for r in runs] for key in ("supervised_tokens_per_s", "eval_loss")}
+    out["per_run"] = {
+        key: [r[key] for r in runs] for key in ("supervised_tokens_per_s", "eval_loss")
+    }
     out["per_run"]["peak_rss_mb"] = [r["memory"]["peak_rss_mb"] for r in runs]
     out["runs"] = len(runs)
     out["other_cpu_share_max"] = max((r.get("other_cpu_share") or 0.0 for r in runs), default=None)
@@ -608,7 +645,11 @@ def aggregate(runs: list[dict]) -> dict | None:
 def compare(a: dict | None, b: dict | None) -> dict:
     """a / b for the three headline numbers (None where either side is missing)."""
     if not a or not b:
-        return {"speedup_supervised_tokens_per_s": None, "peak_rss_ratio": None, "eval_loss_ratio": None}
+        return {
+            "speedup_supervised_tokens_per_s": None,
+            "peak_rss_ratio": None,
+            "eval_loss_ratio": None,
+        }
     return {
         "speedup_supervised_tokens_per_s": ratio(a["supervised_tokens_per_s"], b["supervised_tokens_per_s"]),
         "speedup_tokens_per_s": ratio(a["tokens_per_s"], b["tokens_per_s"]),
@@ -623,7 +664,13 @@ def summarise(results: list[dict], datasets: list[str]) -> dict:
     """Per variant and data set aggregates, the sftlab/TRL ratios, and the full-FT comparison."""
 
     def agg(variant: str, dataset: str, method: str = "lora"):
-        return aggregate([r for r in results if (r["variant"], r["dataset"], r["method"]) == (variant, dataset, method)])
+        return aggregate(
+            [
+                r
+                for r in results
+                if (r["variant"], r["dataset"], r["method"]) == (variant, dataset, method)
+            ]
+        )
 
     out = {v: {ds: agg(v, ds) for ds in datasets} for v in VARIANTS}
     by_dataset = {
@@ -637,7 +684,11 @@ def summarise(results: list[dict], datasets: list[str]) -> dict:
     out["ratios_by_dataset"] = by_dataset
     full = {"sftlab": agg("sftlab", "generated", "full"), "trl": agg("trl", "generated", "full")}
     if full["sftlab"] or full["trl"]:
-        out["full_finetuning"] = {"dataset": "generated", **full, **compare(full["sftlab"], full["trl"])}
+        out["full_finetuning"] = {
+            "dataset": "generated",
+            **full,
+            **compare(full["sftlab"], full["trl"]),
+        }
     return out
 
 
@@ -683,7 +734,9 @@ def print_report(report: dict) -> None:
     for variant in (v for v in VARIANTS if v in shown):
         console.print(f"  {VARIANTS[variant]['short']:<12} {VARIANTS[variant]['label']}")
     if report["ratios_by_dataset"] and any(
-        r.get("speedup_supervised_tokens_per_s") for cmp in report["ratios_by_dataset"].values() for r in cmp.values()
+        r.get("speedup_supervised_tokens_per_s")
+        for cmp in report["ratios_by_dataset"].values()
+        for r in cmp.values()
     ):
         console.print(ratio_table(report))
     c = report["ceilings"]
@@ -732,7 +785,14 @@ def machine_info() -> dict:
     cpu, flags = platform.processor(), ""
     try:
         info = Path("/proc/cpuinfo").read_text()
-        cpu = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), cpu)
+        cpu = next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in info.splitlines()
+                if ln.startswith("model name")
+            ),
+            cpu,
+        )
         flags = info
     except OSError:
         pass
@@ -770,7 +830,9 @@ def settings() -> dict:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="LoRA on the generated set, one run each (<10 min)")
+    p.add_argument(
+        "--quick", action="store_true", help="LoRA on the generated set, one run each (<10 min)"
+    )
     p.add_argument("--only", choices=["sftlab", "trl"], help="run one system only (no ratios)")
     p.add_argument("--rows", type=int, help="training rows per data set (default: quick = all of the generated set, "
                    "full = all generated + Alpaca up to 16k supervised tokens)")  # fmt: skip
@@ -786,7 +848,9 @@ def chosen_datasets(args) -> dict:
     if "alpaca" in sizes and not ALPACA.is_file():
         print(f"note: {ALPACA} not found; the Alpaca runs are skipped")
         del sizes["alpaca"]
-    return {name: {"rows": args.rows, "target_supervised": target} for name, target in sizes.items()}
+    return {
+        name: {"rows": args.rows, "target_supervised": target} for name, target in sizes.items()
+    }
 
 
 @dataclass
@@ -807,7 +871,9 @@ class Session:
 def start_session(args, work: Path) -> Session:
     machine = machine_info()
     if machine["loadavg_at_start"][0] > 0.5:
-        print(f"warning: load average {machine['loadavg_at_start'][0]:.2f}; the CPU is not idle, numbers will be noisy")
+        print(
+            f"warning: load average {machine['loadavg_at_start'][0]:.2f}; the CPU is not idle, numbers will be noisy"
+        )
     started = time.time()
     sizes = chosen_datasets(args)
     print("preparing data (held-out split, token counts, base-model eval loss) ...", flush=True)
@@ -828,7 +894,9 @@ def run_all(session: Session) -> None:
     for i, run in enumerate(runs, 1):
         print(f"[{i}/{len(runs)}] {run.name} ...", end=" ", flush=True)
         try:
-            result = run_child(run.system, run_spec(run, session.data, session.work), session.work, run.name)
+            result = run_child(
+                run.system, run_spec(run, session.data, session.work), session.work, run.name
+            )
         except ChildFailed as exc:
             print(f"FAILED\n{exc}", flush=True)
             session.failures.append({"run": run.name, "error": str(exc)})
@@ -841,14 +909,19 @@ def run_all(session: Session) -> None:
         print(f"{result['supervised_tokens'] / result['train_seconds']:.1f} supervised tok/s, "
               f"{result['train_seconds']:.0f} s training, eval loss {result['eval_loss']:.3f} ({result['child_seconds']:.0f} s)")  # fmt: skip
         if result.get("other_cpu_share", 0) > 0.1:
-            print(f"    warning: other processes used {result['other_cpu_share']:.0%} of the CPU during this run")
+            print(
+                f"    warning: other processes used {result['other_cpu_share']:.0%} of the CPU during this run"
+            )
         write_json_atomic(args.out, build_report(session))
 
 
 def build_report(session: Session) -> dict:
     args, data = session.args, session.data
     best = {k: max(c[k] for c in session.ceilings) for k in ("bf16_gflops", "fp32_gflops")}
-    rows = [add_rates(dict(result), run, data["model"]["parameters"], best) for run, result in session.results]
+    rows = [
+        add_rates(dict(result), run, data["model"]["parameters"], best)
+        for run, result in session.results
+    ]
     machine = {**session.machine, "loadavg_now": os.getloadavg()}
     report = {
         "benchmark": "train_throughput", "mode": "quick" if args.quick else "full",
@@ -860,7 +933,9 @@ def build_report(session: Session) -> dict:
     }  # fmt: skip
     report.update(summarise(rows, list(data["datasets"])))
     report["runs"] = rows
-    report["other_cpu_share_max"] = max((r.get("other_cpu_share") or 0.0 for r in rows), default=None)
+    report["other_cpu_share_max"] = max(
+        (r.get("other_cpu_share") or 0.0 for r in rows), default=None
+    )
     report["failures"] = session.failures
     report["interrupted"] = session.interrupted
     report["wall_seconds"] = round(time.time() - session.started, 1)
