@@ -131,6 +131,25 @@ def test_supervised_loss_under_no_grad_matches(packed_batch):
     torch.testing.assert_close(whole, ref, rtol=1e-5, atol=0)
 
 
+def test_supervised_loss_under_bf16_autocast_tracks_the_fp32_loss_and_grads(packed_batch):
+    """The bf16 path (bf16 log-probabilities, as training on CPUs with AVX-512 BF16 runs) stays
+    within bf16 rounding of the exact fp32 loss and gradients."""
+    model = make_tiny_model()
+    wrapped = SupervisedLoss(model, chunk_tokens=7)
+    b = packed_batch
+    ref, ref_grads = loss_and_grads(model, lambda: reference_loss(model, b))
+
+    def bf16_loss():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return wrapped(b.input_ids, b.position_ids, b.targets)
+
+    got, got_grads = loss_and_grads(model, bf16_loss)
+    assert got == pytest.approx(ref, rel=2e-2)
+    head = "model.embed_tokens.weight"  # the tied head: its gradient comes mostly from the loss
+    cosine = F.cosine_similarity(got_grads[head].flatten(), ref_grads[head].flatten(), dim=0)
+    assert cosine > 0.99
+
+
 @pytest.mark.parametrize("length", [40, 600])
 def test_cpu_auto_attention_switches_by_row_length_without_changing_the_loss(length):
     """On CPU, `auto` runs eager attention on short rows and SDPA on long ones (device.py says
