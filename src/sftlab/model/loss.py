@@ -29,9 +29,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, chunk: int, compute_dtype: torch.dtype):
         w = weight.to(compute_dtype)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = (
-            torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
-        )
+        grad_weight = None  # [vocab x hidden] in the compute dtype, accumulated in place
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start : start + chunk].to(compute_dtype)
@@ -47,15 +45,23 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             g = logp.exp_()
             g[rows, t] -= 1.0
             grad_hidden[start : start + chunk] = (g @ w).to(hidden.dtype)
-            if grad_weight is not None:
-                grad_weight += (g.T @ h).float()
+            if weight.requires_grad:  # full fine-tuning (or a trained head)
+                if grad_weight is None:
+                    grad_weight = g.T @ h
+                else:
+                    grad_weight.addmm_(g.T, h)
+        ctx.weight_dtype = weight.dtype
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
         grad_hidden, grad_weight = ctx.saved_tensors
-        grad_w = None if grad_weight is None else (grad_weight * grad_total).to(grad_weight.dtype)
+        grad_w = None
+        if grad_weight is not None:
+            # Scale in the compute dtype, then one cast to the weight's dtype: fresh [vocab x
+            # hidden] fp32 buffers at every step cost more than the GEMM that fills them.
+            grad_w = grad_weight.mul_(grad_total.to(grad_weight.dtype)).to(ctx.weight_dtype)
         return grad_hidden * grad_total.to(grad_hidden.dtype), grad_w, None, None, None
 
 
