@@ -154,6 +154,7 @@ def test_supervised_loss_under_bf16_autocast_tracks_the_fp32_loss_and_grads(pack
 def test_cpu_auto_attention_switches_by_row_length_without_changing_the_loss(length):
     """On CPU, `auto` runs eager attention on short rows and SDPA on long ones (device.py says
     why); either way the loss is the same, and a padded tail still attends only to itself."""
+    from sftlab.model.attention import LEAN_EAGER
     from sftlab.model.device import BY_LENGTH, CPU_EAGER_MAX_TOKENS
 
     rng = np.random.default_rng(length)
@@ -162,16 +163,16 @@ def test_cpu_auto_attention_switches_by_row_length_without_changing_the_loss(len
     model = make_tiny_model()
     with torch.no_grad():
         fixed = {}
-        for name in ("eager", "sdpa"):
+        for name in ("eager", "sdpa", LEAN_EAGER):
             fixed[name] = SupervisedLoss(model, attention=name)(
                 b.input_ids, b.position_ids, b.targets
             )
             assert model.config._attn_implementation == name
         auto = SupervisedLoss(model, attention=BY_LENGTH)(b.input_ids, b.position_ids, b.targets)
-    expected = "eager" if b.input_ids.shape[1] <= CPU_EAGER_MAX_TOKENS else "sdpa"
+    expected = LEAN_EAGER if b.input_ids.shape[1] <= CPU_EAGER_MAX_TOKENS else "sdpa"
     assert model.config._attn_implementation == expected
-    torch.testing.assert_close(auto, fixed["eager"], rtol=1e-5, atol=0)
-    torch.testing.assert_close(auto, fixed["sdpa"], rtol=1e-5, atol=0)
+    for name in fixed:
+        torch.testing.assert_close(auto, fixed[name], rtol=1e-5, atol=0)
     torch.testing.assert_close(auto, reference_loss(model, b), rtol=1e-5, atol=0)
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from sftlab.model.attention import LEAN_EAGER, register_lean_eager
+
 
 @lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
@@ -58,12 +60,11 @@ def resolve_packing(choice, device_type: str) -> bool:
 
 
 # Measured on 2 CPU cores, SmolLM2 LoRA step (bench/README.md): eager attention is 1.25-1.4x
-# faster than SDPA on rows of 128 tokens; at 1024 SDPA is 1.5x faster and peaks at 2.8 GB against
-# eager's 4.6 GB, because eager keeps every layer's L x L probabilities for backward. On the
-# Alpaca sample (rows up to 512), a 256-token switch point trained as fast as 512 with a 20%
-# lower peak (2.6 vs 3.2 GB); 128 saved another 7% of memory but cost 8% of the speed.
-CPU_EAGER_MAX_TOKENS = 256
-BY_LENGTH = "auto (eager up to 256 tokens per row, sdpa above)"
+# faster than SDPA on rows of up to 512 tokens; at 1024 SDPA is 1.5x faster and peaks at 2.8 GB
+# against eager's 4.6 GB, because eager keeps every layer's L x L probabilities for backward
+# (model/attention.py keeps a third of them).
+CPU_EAGER_MAX_TOKENS = 512
+BY_LENGTH = "auto (lean eager up to 512 tokens per row, sdpa above)"
 
 
 def resolve_attention(choice: str, device_type: str) -> str:
@@ -76,13 +77,15 @@ def attention_for(mode: str, row_tokens: int) -> str:
     """The implementation one batch runs with: fixed, unless the mode picks by row length."""
     if mode != BY_LENGTH:
         return mode
-    return "eager" if row_tokens <= CPU_EAGER_MAX_TOKENS else "sdpa"
+    return LEAN_EAGER if row_tokens <= CPU_EAGER_MAX_TOKENS else "sdpa"
 
 
 def use_attention(model, implementation: str) -> None:
     """Switch a loaded model's attention; transformers reads it at every forward, and masks
     follow, so switching between batches is safe (a compiled layer keeps one graph per choice)."""
     if model.config._attn_implementation != implementation:
+        if implementation == LEAN_EAGER:
+            register_lean_eager()
         model.set_attn_implementation(implementation)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from sftlab.core.errors import ModelError
+from sftlab.model.attention import LEAN_EAGER, register_lean_eager
 
 EMBEDDED = {
     # name: (PyPI package holding the GGUF, file name inside the package, cache folder name)
@@ -132,6 +133,8 @@ def load_model(
 ):
     from transformers import AutoModelForCausalLM
 
+    if attn_implementation == LEAN_EAGER:
+        register_lean_eager()
     try:
         return AutoModelForCausalLM.from_pretrained(
             ref.path,
