@@ -54,6 +54,13 @@ def stage(data: str) -> dict:
         "data": {"sources": [{"path": data}], "eval_rows": 200},
         "template": {"max_length": 512},
     })  # fmt: skip
+    # The clock times the data stage, not Python importing the libraries every sftlab run loads
+    # anyway (torch, transformers' tokenizer classes: ~2-3 s in a fresh process); the
+    # `process s` column keeps the whole child, imports included.
+    import torch  # noqa: F401
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
+    from transformers.models.auto import tokenization_auto  # noqa: F401
+
     started = time.perf_counter()
     prepared = prepare_data(config, None, say=lambda *_: None)
     rows = build_rows(prepared.train, 512, packing=True)
