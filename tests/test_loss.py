@@ -416,6 +416,39 @@ def test_lora_supervised_loss_matches_peft_forward_and_trains_only_lora(packed_b
     assert abs(base - got) / got > 1e-3  # the adapter really is on the loss path
 
 
+def test_lora_layers_scaled_on_the_weight_match_peft_own_forward(packed_batch):
+    """sftlab's LoRA forward scales B's weight, not B's output: the same loss and gradients as
+    peft's forward, in fp32 and under bf16 autocast."""
+    from peft.tuners.lora import Linear
+
+    from sftlab.model.lora import add_lora
+
+    model = add_lora(make_tiny_model(), r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    layers = [m for m in model.modules() if type(m) is Linear]
+    assert len(layers) == 14 and all("forward" in vars(m) for m in layers)
+    b = packed_batch
+
+    def results():
+        out = {}
+        for autocast in (False, True):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out[autocast] = loss_and_grads(model, lambda: reference_loss(model, b))
+        return out
+
+    ours = results()
+    for layer in layers:
+        del layer.forward  # back to peft's own
+    theirs = results()
+    assert ours[False][0] == pytest.approx(theirs[False][0], rel=1e-6)
+    assert_grads_close(ours[False][1], theirs[False][1], rtol=1e-5)
+    assert ours[True][0] == pytest.approx(theirs[True][0], rel=1e-2)
+
+
 def test_lora_on_the_output_layer_is_not_bypassed(packed_batch):
     from sftlab.model.lora import add_lora
 
