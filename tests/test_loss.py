@@ -387,16 +387,22 @@ def test_train_step_clips_to_max_grad_norm_and_reports_the_norm_before(accelerat
 # LoRA
 
 
-def test_lora_supervised_loss_matches_peft_forward_and_trains_only_lora(packed_batch):
+def lora_model_that_matters():
+    """The tiny model with LoRA r 4 on every linear layer. lora_B starts at zero (the adapter is
+    a no-op); random B makes it matter, so a check on the adapter path means something."""
     from sftlab.model.lora import add_lora
 
     model = add_lora(make_tiny_model(), r=4, alpha=8, dropout=0.0, target_modules="all-linear")
-    # lora_B starts at zero (the adapter is a no-op); make it matter so the check means something.
     torch.manual_seed(1)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
+    return model
+
+
+def test_lora_supervised_loss_matches_peft_forward_and_trains_only_lora(packed_batch):
+    model = lora_model_that_matters()
     wrapped = SupervisedLoss(model, chunk_tokens=7)
     assert not hasattr(wrapped.head, "lora_A")  # the output layer is not adapted
     b = packed_batch
@@ -421,14 +427,7 @@ def test_lora_layers_scaled_on_the_weight_match_peft_own_forward(packed_batch):
     peft's forward, in fp32 and under bf16 autocast."""
     from peft.tuners.lora import Linear
 
-    from sftlab.model.lora import add_lora
-
-    model = add_lora(make_tiny_model(), r=4, alpha=8, dropout=0.0, target_modules="all-linear")
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
+    model = lora_model_that_matters()
     layers = [m for m in model.modules() if type(m) is Linear]
     assert len(layers) == 14 and all("forward" in vars(m) for m in layers)
     b = packed_batch

@@ -64,7 +64,7 @@ def resolve_packing(choice, device_type: str) -> bool:
 # against eager's 4.6 GB, because eager keeps every layer's L x L probabilities for backward
 # (model/attention.py keeps a third of them).
 CPU_EAGER_MAX_TOKENS = 512
-BY_LENGTH = "auto (lean eager up to 512 tokens per row, sdpa above)"
+BY_LENGTH = f"auto (lean eager up to {CPU_EAGER_MAX_TOKENS} tokens per row, sdpa above)"
 
 
 def resolve_attention(choice: str, device_type: str) -> str:
