@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from conftest import make_tiny_model
 from sftlab.core.types import IGNORE_INDEX, PackedRow, TokenizedExample
@@ -423,8 +424,8 @@ def test_lora_supervised_loss_matches_peft_forward_and_trains_only_lora(packed_b
 
 
 def test_lora_layers_scaled_on_the_weight_match_peft_own_forward(packed_batch):
-    """sftlab's LoRA forward scales B's weight, not B's output: the same loss and gradients as
-    peft's forward, in fp32 and under bf16 autocast."""
+    """sftlab's LoRA layers (one autograd function, B's weight scaled instead of B's output):
+    the same loss and gradients as peft's forward, in fp32 and under bf16 autocast."""
     from peft.tuners.lora import Linear
 
     model = lora_model_that_matters()
@@ -446,6 +447,48 @@ def test_lora_layers_scaled_on_the_weight_match_peft_own_forward(packed_batch):
     assert ours[False][0] == pytest.approx(theirs[False][0], rel=1e-6)
     assert_grads_close(ours[False][1], theirs[False][1], rtol=1e-5)
     assert ours[True][0] == pytest.approx(theirs[True][0], rel=1e-2)
+    assert_grads_close(ours[True][1], theirs[True][1], rtol=0.05)
+
+
+def test_lora_function_on_a_biased_layer_matches_peft_and_dropout_goes_to_peft():
+    from peft import LoraConfig, get_peft_model
+
+    from sftlab.model.lora import scale_lora_weights_not_outputs
+
+    def adapted(dropout):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(8, 6, bias=True), nn.Linear(6, 5, bias=False))
+        config = LoraConfig(r=2, lora_alpha=6, lora_dropout=dropout, target_modules=["0", "1"])
+        model = get_peft_model(net, config)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.5)
+        return model
+
+    x = torch.randn(3, 4, 8, requires_grad=True)
+
+    def run(model):
+        x.grad = None
+        model.zero_grad()
+        out = model(x)
+        (out * torch.arange(5.0)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return out.detach(), x.grad.clone(), grads
+
+    theirs = run(adapted(0.0))
+    ours_model = adapted(0.0)
+    assert scale_lora_weights_not_outputs(ours_model) == 2
+    ours = run(ours_model)
+    torch.testing.assert_close(ours[0], theirs[0])
+    torch.testing.assert_close(ours[1], theirs[1])
+    assert_grads_close(ours[2], theirs[2], rtol=1e-5)
+
+    # with dropout the layer runs peft's own forward: outputs differ between two calls
+    dropped = adapted(0.5)
+    scale_lora_weights_not_outputs(dropped)
+    dropped.train()
+    assert not torch.equal(dropped(x), dropped(x))
 
 
 def test_lora_on_the_output_layer_is_not_bypassed(packed_batch):

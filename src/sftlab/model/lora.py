@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 
-import torch.nn.functional as F
+import torch
 from torch import nn
 
 
@@ -35,19 +35,72 @@ def add_lora(
 
 
 def _lora_forward(self, x, *args, **kwargs):
-    """peft's result + B(A(x)) * scaling, with the scaling applied to B's [out x r] weight
-    instead of the [tokens x out] product (and its gradient): the same sum, two fewer passes
-    over a [tokens x out] tensor per layer. Anything but the plain single-adapter case goes to
-    peft's own forward."""
+    """peft's result + B(A(x)) * scaling as one autograd function (`_LoraLinear`). Anything
+    but the plain single-adapter case on a frozen nn.Linear (dropout, DoRA, a bias on B, merged
+    or disabled adapters, several adapters) goes to peft's own forward."""
     name = self.active_adapters[0] if len(self.active_adapters) == 1 else None
     if (
         args or kwargs or name is None or self.disable_adapters or self.merged
         or name not in self.lora_A or name in self.lora_variant
+        or not isinstance(self.lora_dropout[name], nn.Identity)
+        or self.lora_B[name].bias is not None or type(self.base_layer) is not nn.Linear
+        or any(p.requires_grad for p in self.base_layer.parameters())
     ):  # fmt: skip
         return type(self).forward(self, x, *args, **kwargs)
-    result = self.base_layer(x)
-    a = self.lora_A[name](self.lora_dropout[name](x))
-    return result + F.linear(a, self.lora_B[name].weight * self.scaling[name])
+    base = self.base_layer
+    return _LoraLinear.apply(
+        x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
+        self.scaling[name],
+    )  # fmt: skip
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+class _LoraLinear(torch.autograd.Function):
+    """y = x W^T + b + s (x A^T) B^T with the adapter's sum done inside the matrix products.
+
+    Written by hand because autograd on the plain expression allocates and adds a [tokens x out]
+    tensor in the forward pass and a [tokens x in] one in the backward pass for every adapted
+    layer; here the adapter's product accumulates into the base layer's output (and the input
+    gradient) with addmm_, and s scales B's [out x r] weight, not the product. Every product
+    runs in the autocast dtype when autocast is on, as F.linear would; the adapter gradients
+    come back in the adapter weights' own dtype (fp32 master weights).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):
+        dtype = _compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+            w, a_w = weight.to(dtype), lora_a.to(dtype)
+            b_w = (lora_b * scaling).to(dtype)
+            a = x2 @ a_w.t()
+            y = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())
+            y.addmm_(a, b_w.t())
+        ctx.save_for_backward(x2, a, w, a_w, b_w)
+        ctx.scaling, ctx.x_shape = scaling, x.shape
+        ctx.dtypes = (x.dtype, lora_a.dtype, lora_b.dtype)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2, a, w, a_w, b_w = ctx.saved_tensors
+        x_dtype, a_dtype, b_dtype = ctx.dtypes
+        g = grad.reshape(-1, grad.shape[-1]).to(w.dtype)
+        grad_x = grad_a = grad_b = None
+        g_a = g @ b_w  # the gradient at A's output, [tokens x r]
+        if ctx.needs_input_grad[0]:
+            grad_x = (g @ w).addmm_(g_a, a_w).view(ctx.x_shape).to(x_dtype)
+        if ctx.needs_input_grad[3]:
+            grad_a = (g_a.t() @ x2).to(a_dtype)
+        if ctx.needs_input_grad[4]:
+            grad_b = (g.t() @ a).mul_(ctx.scaling).to(b_dtype)
+        return grad_x, None, None, grad_a, grad_b, None
 
 
 def scale_lora_weights_not_outputs(model: nn.Module) -> int:

@@ -23,7 +23,7 @@ import torch
 
 from sftlab.core.errors import SftlabError
 from sftlab.core.types import PackedRow
-from sftlab.model.memory import peak_memory_mb, release_free_memory
+from sftlab.model.memory import FreeMemoryTrimmer, peak_memory_mb
 from sftlab.pack.collate import EpochPlan, collate, group_by_budget, plan_epoch, rank_share
 from sftlab.train.checkpoint import fault_active, fault_point
 from sftlab.train.optim import lr_at, set_lr
@@ -131,6 +131,7 @@ def run(
     """Train from `state` to s.total_steps. Returns the final state."""
     lengths = [len(r) for r in rows]
     world = accelerator.num_processes
+    trimmer = FreeMemoryTrimmer() if accelerator.device.type == "cpu" else None
     while state.step < s.total_steps:
         plan: EpochPlan = plan_epoch(
             lengths, s.batch_tokens, s.micro_per_step, world, s.seed, state.epoch
@@ -150,8 +151,8 @@ def run(
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if accelerator.device.type == "cpu":
-                release_free_memory()
+            if trimmer is not None:
+                trimmer.after_step()
             elapsed = time.perf_counter() - started
             state.step += 1
             state.step_in_epoch += 1
