@@ -18,20 +18,26 @@ LEAN_EAGER = "sftlab_eager"
 def lean_eager_attention(
     module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs
 ):
+    batch, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
     if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+        scaling = dim**-0.5
+    # Grouped-query attention without repeating keys and values: query heads h of one group
+    # share key/value head h // groups, so the group's queries stack into one [groups x length]
+    # block per key/value head (one copy of the queries instead of copies of keys and values,
+    # and no reduction over the copies in backward). The scale goes on the [length x dim]
+    # queries, not the [length x length] scores.
+    q = (query * scaling).reshape(batch, kv_heads, -1, dim)
+    scores = torch.matmul(q, key.transpose(2, 3)).view(batch, kv_heads, -1, length, key.shape[2])
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
-        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+        scores = scores + attention_mask[:, :, None, :, : key.shape[-2]]
     probs = torch.softmax(scores, dim=-1)
     probs = F.dropout(probs, p=dropout, training=module.training)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+    out = torch.matmul(probs.view(batch, kv_heads, -1, key.shape[2]), value)
+    out = out.view(batch, heads, length, dim).transpose(1, 2).contiguous()
+    return out, probs.view(batch, heads, length, -1)
 
 
 def register_lean_eager() -> None:
