@@ -453,7 +453,7 @@ def test_lora_layers_scaled_on_the_weight_match_peft_own_forward(packed_batch):
 def test_lora_function_on_a_biased_layer_matches_peft_and_dropout_goes_to_peft():
     from peft import LoraConfig, get_peft_model
 
-    from sftlab.model.lora import scale_lora_weights_not_outputs
+    from sftlab.model.lora import use_fused_lora_layers
 
     def adapted(dropout):
         torch.manual_seed(0)
@@ -478,7 +478,7 @@ def test_lora_function_on_a_biased_layer_matches_peft_and_dropout_goes_to_peft()
 
     theirs = run(adapted(0.0))
     ours_model = adapted(0.0)
-    assert scale_lora_weights_not_outputs(ours_model) == 2
+    assert use_fused_lora_layers(ours_model) == 2
     ours = run(ours_model)
     torch.testing.assert_close(ours[0], theirs[0])
     torch.testing.assert_close(ours[1], theirs[1])
@@ -486,7 +486,7 @@ def test_lora_function_on_a_biased_layer_matches_peft_and_dropout_goes_to_peft()
 
     # with dropout the layer runs peft's own forward: outputs differ between two calls
     dropped = adapted(0.5)
-    scale_lora_weights_not_outputs(dropped)
+    use_fused_lora_layers(dropped)
     dropped.train()
     assert not torch.equal(dropped(x), dropped(x))
 

@@ -20,13 +20,18 @@ def test_resident_memory_follows_touched_pages():
 
 
 def test_trimmer_trims_only_after_growth_past_the_settled_level(monkeypatch):
-    readings = iter([1000, 1100, 1150, 1300, 900, 950, 1000, 1210])
-    trimmed_at = []
-    monkeypatch.setattr(memory, "resident_mb", lambda: next(readings))
-    monkeypatch.setattr(memory, "release_free_memory", lambda: trimmed_at.append(step))
+    readings = [1000, 1100, 1150, 1300, 900, 950, 1000, 1210]  # resident MB after each step
+    seen, trimmed_at = [], []
+
+    def resident():
+        seen.append(readings[len(seen)])
+        return seen[-1]
+
+    monkeypatch.setattr(memory, "resident_mb", resident)
+    monkeypatch.setattr(memory, "release_free_memory", lambda: trimmed_at.append(len(seen) - 1))
 
     trimmer = memory.FreeMemoryTrimmer(slack_mb=200)
-    for step in range(8):
+    for _ in readings:
         trimmer.after_step()
     # settles at 1000 after step 0; 1100 and 1150 stay within 200 MB; 1300 trims (step 3);
     # step 4 settles again at 900; 950 and 1000 stay; 1210 is past 900 + 200 and trims.

@@ -30,7 +30,7 @@ def add_lora(
         for module in model.modules():
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False
-    scale_lora_weights_not_outputs(model)
+    use_fused_lora_layers(model)
     return model
 
 
@@ -103,7 +103,8 @@ class _LoraLinear(torch.autograd.Function):
         return grad_x, None, None, grad_a, grad_b, None
 
 
-def scale_lora_weights_not_outputs(model: nn.Module) -> int:
+def use_fused_lora_layers(model: nn.Module) -> int:
+    """Route every peft LoRA Linear through `_lora_forward`; returns how many."""
     from peft.tuners.lora import Linear
 
     layers = [m for m in model.modules() if type(m) is Linear and not m.fan_in_fan_out]
