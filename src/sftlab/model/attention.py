@@ -9,6 +9,8 @@ arithmetic otherwise; a test checks it against the plain model on packed and pad
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
@@ -40,7 +42,14 @@ def lean_eager_attention(
     return out, probs.view(batch, heads, length, -1)
 
 
-def register_lean_eager() -> None:
+def make_available(implementation: str) -> None:
+    """Register LEAN_EAGER with transformers before a model is loaded or switched to it."""
+    if implementation == LEAN_EAGER:
+        _register_lean_eager()
+
+
+@lru_cache(maxsize=1)
+def _register_lean_eager() -> None:
     """Make LEAN_EAGER a name `set_attn_implementation` accepts, with eager's additive masks."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask

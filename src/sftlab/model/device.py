@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from sftlab.model.attention import LEAN_EAGER, register_lean_eager
+from sftlab.model.attention import LEAN_EAGER, make_available
 
 
 @lru_cache(maxsize=1)
@@ -67,6 +67,12 @@ CPU_EAGER_MAX_TOKENS = 512
 BY_LENGTH = f"auto (lean eager up to {CPU_EAGER_MAX_TOKENS} tokens per row, sdpa above)"
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matrix products on x run in: autocast's when it is on, else x's own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def resolve_attention(choice: str, device_type: str) -> str:
     if choice != "auto":
         return choice
@@ -84,8 +90,7 @@ def use_attention(model, implementation: str) -> None:
     """Switch a loaded model's attention; transformers reads it at every forward, and masks
     follow, so switching between batches is safe (a compiled layer keeps one graph per choice)."""
     if model.config._attn_implementation != implementation:
-        if implementation == LEAN_EAGER:
-            register_lean_eager()
+        make_available(implementation)
         model.set_attn_implementation(implementation)
 
 

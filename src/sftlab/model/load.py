@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from sftlab.core.errors import ModelError
-from sftlab.model.attention import LEAN_EAGER, register_lean_eager
+from sftlab.model.attention import make_available
 
 EMBEDDED = {
     # name: (PyPI package holding the GGUF, file name inside the package, cache folder name)
@@ -133,8 +133,7 @@ def load_model(
 ):
     from transformers import AutoModelForCausalLM
 
-    if attn_implementation == LEAN_EAGER:
-        register_lean_eager()
+    make_available(attn_implementation)
     try:
         return AutoModelForCausalLM.from_pretrained(
             ref.path,

@@ -7,6 +7,8 @@ import types
 import torch
 from torch import nn
 
+from sftlab.model.device import compute_dtype
+
 
 def add_lora(
     model: nn.Module, r: int, alpha: float, dropout: float, target_modules, autocast: bool = False
@@ -54,13 +56,6 @@ def _lora_forward(self, x, *args, **kwargs):
     )  # fmt: skip
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return x.dtype
-
-
 class _LoraLinear(torch.autograd.Function):
     """y = x W^T + b + s (x A^T) B^T with the adapter's sum done inside the matrix products.
 
@@ -74,7 +69,7 @@ class _LoraLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, x.shape[-1]).to(dtype)
             w, a_w = weight.to(dtype), lora_a.to(dtype)

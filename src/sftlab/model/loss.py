@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sftlab.core.types import IGNORE_INDEX
-from sftlab.model.device import attention_for, use_attention
+from sftlab.model.device import attention_for, compute_dtype, use_attention
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -100,13 +100,8 @@ class SupervisedLoss(nn.Module):
         keep = targets != IGNORE_INDEX
         hidden, wanted = hidden[keep], targets[keep]
         if self.fused and torch.is_grad_enabled():
-            dtype = (
-                torch.get_autocast_dtype(hidden.device.type)
-                if torch.is_autocast_enabled(hidden.device.type)
-                else hidden.dtype
-            )
             return _FusedLinearCrossEntropy.apply(
-                hidden, self.head.weight, wanted, self.chunk_tokens, dtype
+                hidden, self.head.weight, wanted, self.chunk_tokens, compute_dtype(hidden)
             )
         total = hidden.new_zeros((), dtype=torch.float32)
         for h, t in zip(
