@@ -270,6 +270,19 @@ def _malformed_override(tmp: Path, model: Path) -> tuple[list, list[str]]:
     return ["train", "cfg.yaml", "train.lr"], ["'train.lr'", "expected key=value"]
 
 
+@error_case
+def _old_force_flag(tmp: Path, model: Path) -> tuple[list, list[str]]:
+    # --force meant both "start over" and "resume despite changes": it names its two successors
+    (tmp / "cfg.yaml").write_text("data:\n  sources:\n    - path: d.jsonl\n")
+    return ["train", "cfg.yaml", "--force"], ["--restart", "--force-resume"]
+
+
+@error_case
+def _restart_with_resume(tmp: Path, model: Path) -> tuple[list, list[str]]:
+    (tmp / "cfg.yaml").write_text("data:\n  sources:\n    - path: d.jsonl\n")
+    return ["train", "cfg.yaml", "--restart", "--force-resume"], ["--restart", "cannot be combined"]
+
+
 @pytest.mark.parametrize("name", list(ERROR_CASES))
 def test_user_errors_are_one_readable_message(name, runs, tmp_path, tiny_model_dir):
     proc = runs[name]

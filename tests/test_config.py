@@ -496,3 +496,55 @@ def test_config_file_that_is_not_utf8(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "latin.yaml" in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# silent settings: every one does what its doc says, or is reported with the other problems
+
+
+def test_duplicate_keys_are_reported_with_both_lines(tmp_path):
+    text = MINIMAL + "train:\n  lr: 1e-4\n  epochs: 2\n  lr: 2e-4\ntrain:\n  seed: 3\n"
+    problems = problems_of(write(tmp_path, text))
+    assert len(problems) == 2, problems
+    assert any(":7: train.lr: duplicate key (first at line 5" in p for p in problems), problems
+    assert any(":8: train: duplicate key (first at line 4" in p for p in problems), problems
+
+
+def test_duplicate_keys_join_the_other_problems(tmp_path):
+    text = MINIMAL + "lora:\n  r: 0\n  r: 4\ntrain:\n  lrr: 1\n"
+    problems = problems_of(write(tmp_path, text), ["train.epochs=0"])
+    assert len(problems) == 3, problems  # the duplicate, the unknown key, the override's value
+    assert any("lora.r: duplicate key" in p for p in problems)
+
+
+def test_every_override_problem_is_reported_at_once(tmp_path):
+    path = write(tmp_path, MINIMAL + "lora:\n  r: 0\n")
+    problems = problems_of(path, ["train.lr", "data.sources.5.rows=1", "name=[1", "train.lrr=1"])
+    assert len(problems) == 5, problems
+    for fragment in (
+        "'train.lr': expected key=value",
+        "data.sources.5.rows: '5' is not an index",
+        "'name=[1': value is not valid YAML",
+        "train.lrr: unknown key",
+        ":5: lora.r",
+    ):
+        assert any(fragment in p for p in problems), (fragment, problems)
+
+
+def test_batch_tokens_below_max_length_is_a_problem_not_raised_silently(tmp_path):
+    text = MINIMAL + "template:\n  max_length: 512\ntrain:\n  batch_tokens: 256\n  lrr: 1\n"
+    problems = problems_of(write(tmp_path, text))
+    assert len(problems) == 2, problems
+    assert any(
+        ":7: train.batch_tokens: 256 is smaller than template.max_length (512)" in p
+        for p in problems
+    ), problems
+
+
+def test_batch_tokens_default_holds_one_full_row():
+    data = {"data": {"sources": [{"path": "x.jsonl"}]}}
+    assert load_config(None, base=data).micro_batch_tokens() == 1024
+    longer = load_config(None, ["template.max_length=4096"], base=data)
+    assert longer.train.batch_tokens is None and longer.micro_batch_tokens() == 4096
+    chosen = load_config(None, ["train.batch_tokens=3000", "template.max_length=512"], base=data)
+    assert chosen.micro_batch_tokens() == 3000

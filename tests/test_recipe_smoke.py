@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,21 @@ def test_merged_export_loads_and_generates_with_plain_transformers(tmp_path, tin
         ours.model, ours.renderer, [user_turn("Say hi.")], ours.stop_ids, max_new_tokens=12
     )[0]
     assert plain[: len(mine.token_ids)] == mine.token_ids
+
+
+def test_log_every_sets_the_steps_that_print_a_progress_line(tmp_path, tiny_model_dir, capsys):
+    run = train(tiny_config(tmp_path, tiny_model_dir, "train.log_every=2"))
+    printed = [int(m) for m in re.findall(r"^step (\d+)/4 ", capsys.readouterr().out, re.M)]
+    assert printed == [2, 4]
+    assert [r["step"] for r in lines(run / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_batch_tokens_below_max_length_stops_before_anything_loads(tmp_path, tiny_model_dir):
+    from sftlab.config import RunConfig
+    from sftlab.core.errors import ConfigError
+
+    config = tiny_config(tmp_path, tiny_model_dir)  # max_length 128, built in code below
+    bad = RunConfig.model_validate({**config.model_dump(), "train": {"batch_tokens": 64}})
+    with pytest.raises(ConfigError, match="64 is smaller than template.max_length .128."):
+        train(bad)
+    assert not (tmp_path / "run").exists()

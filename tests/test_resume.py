@@ -137,11 +137,13 @@ def test_resume_refuses_changed_config_or_data_unless_forced(tmp_path, tiny_mode
     data.write_text(data.read_text() + data.read_text().splitlines()[0] + "\n")
     changed = sftlab("train", str(config), out, "--resume")
     assert changed.returncode == 2 and f"data file {data}: contents changed" in changed.stderr
-    fresh = sftlab("train", str(config), out)  # neither --resume nor --force: nothing is deleted
+    fresh = sftlab("train", str(config), out)  # neither --resume nor --restart: nothing deleted
     assert fresh.returncode == 2 and "--resume" in fresh.stderr
     assert (run / "checkpoints" / "step-000002").is_dir()
-    forced = sftlab("train", str(config), out, "--resume", "--force", "train.save_every=4")
+    assert "--restart" in fresh.stderr and "--force-resume" in changed.stderr
+    forced = sftlab("train", str(config), out, "--force-resume", "train.save_every=4")
     assert forced.returncode == 0 and "resuming despite a change" in forced.stdout
+    assert "resumed from" in forced.stdout and steps_logged(run) == list(range(1, STEPS + 1))
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_model_dir):
@@ -152,3 +154,14 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_model_dir):
         "--resume",
     )
     assert result.returncode == 2 and "nothing to resume" in result.stderr
+
+
+def test_restart_starts_over_even_with_resume_auto(tmp_path, tiny_model_dir, reference):
+    config, run = config_file(tmp_path, tiny_model_dir), tmp_path / "run"
+    out = f"output_dir={run}"
+    assert sftlab("train", str(config), out, fault="step:2").returncode == -signal.SIGKILL
+    assert (run / "checkpoints" / "step-000002").is_dir()
+    restarted = sftlab("train", str(config), out, "train.resume=auto", "--restart")
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "resumed from" not in restarted.stdout
+    assert_same_as_reference(run, reference)  # a fresh run from step 0, not a continuation

@@ -30,9 +30,17 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from the last complete checkpoint")
     ] = False,
-    force: Annotated[
-        bool, typer.Option("--force", help="resume despite changes, or start over")
+    force_resume: Annotated[
+        bool,
+        typer.Option(
+            "--force-resume", help="resume even though the config or data changed since then"
+        ),
     ] = False,
+    restart: Annotated[
+        bool,
+        typer.Option("--restart", help="start over: delete the run's earlier checkpoints"),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", hidden=True)] = False,
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="allow .bin/.pt weights (pickle)")
     ] = False,
@@ -40,13 +48,23 @@ def train(
     """Fine-tune a model as CONFIG describes."""
     from sftlab.config import load_config
 
+    if force:  # its two old meanings now have a flag each
+        raise SftlabError(
+            "--force is gone: pass --restart to start over (earlier checkpoints are deleted) or "
+            "--force-resume to resume despite changes to the config or data"
+        )
+    if restart and (resume or force_resume):
+        raise SftlabError("--restart starts over; it cannot be combined with --resume/--force-resume")
+    resume = resume or force_resume
     extra = (["train.resume=true"] if resume else []) + (
         ["model.allow_pickle=true"] if allow_pickle else []
     )
     cfg = load_config(config, [*(overrides or []), *extra], check_files=True)
     from sftlab.recipes.sft import train as run_training  # heavy imports after the config is valid
 
-    run_training(cfg, base_dir=config.resolve().parent, force=force)
+    run_training(
+        cfg, base_dir=config.resolve().parent, restart=restart, force_resume=force_resume
+    )
 
 
 @data_app.command("inspect")

@@ -107,9 +107,11 @@ class TrainConfig(Strict):
     """Peak learning rate. None: 2e-4 for LoRA, 2e-5 for full fine-tuning."""
     epochs: float = Field(default=3, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
-    batch_tokens: int = Field(default=1024, gt=0)
+    batch_tokens: int | None = Field(default=None, gt=0)
     """Token budget of one micro-batch (rows x padded row length). A memory knob: how rows fall
-    into micro-batches never changes the gradient (the loss is normalised per step)."""
+    into micro-batches never changes the gradient (the loss is normalised per step). None: 1024,
+    or template.max_length if that is longer; a value below template.max_length is an error (a
+    micro-batch must hold one full row)."""
     grad_accum: int = Field(default=2, gt=0)
     """Micro-batches per optimizer step (per process)."""
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
@@ -122,7 +124,9 @@ class TrainConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     eval_every: int | None = Field(default=None, gt=0)
     """Steps between eval-loss passes; None: at the end of each epoch."""
-    log_every: int = Field(default=1, gt=0)
+    log_every: int | None = Field(default=None, gt=0)
+    """Steps between progress lines when the console is not a terminal (a terminal shows a live
+    bar instead). None: a line every ~15 s. metrics.jsonl records every step either way."""
     compile: bool = False
     """torch.compile each decoder layer: about +25% tokens/s and -7% peak memory on CPU, after
     ~35 s of compiling the first time (~13 s once torch's kernel cache is warm): for long runs."""
@@ -161,6 +165,18 @@ class RunConfig(Strict):
     def run_dir(self) -> Path:
         return Path(self.output_dir or Path("runs") / self.name)
 
+    def micro_batch_tokens(self) -> int:
+        """train.batch_tokens, or its default: room for one full row of template.max_length."""
+        tokens, length = self.train.batch_tokens, self.template.max_length
+        if tokens is None:
+            return max(DEFAULT_BATCH_TOKENS, length)
+        if tokens < length:  # a config built in code, not through load_config
+            raise ConfigError([f"train.batch_tokens: {_too_few_tokens(tokens, length)}"])
+        return tokens
+
+
+DEFAULT_BATCH_TOKENS = 1024
+
 
 # ---------------------------------------------------------------------------------------------
 # Loading: YAML text -> dict (remembering each key's line) -> overrides -> validated RunConfig
@@ -179,6 +195,26 @@ def _key_lines(node: yaml.Node, path: tuple = (), out: dict | None = None) -> di
             out[(*path, i)] = item.start_mark.line + 1
             _key_lines(item, (*path, i), out)
     return out
+
+
+def _duplicate_keys(node: yaml.Node, source: str, path: tuple = ()) -> list[str]:
+    """YAML keeps the last of two equal keys without a word; report each repeat instead."""
+    problems = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict = {}
+        for key_node, value_node in node.value:
+            key_path, line = (*path, key_node.value), key_node.start_mark.line + 1
+            if key_node.value in first_line:
+                problems.append(
+                    f"{source}:{line}: {'.'.join(map(str, key_path))}: duplicate key "
+                    f"(first at line {first_line[key_node.value]}; YAML would keep only the last)"
+                )
+            first_line.setdefault(key_node.value, line)
+            problems += _duplicate_keys(value_node, source, key_path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _duplicate_keys(item, source, (*path, i))
+    return problems
 
 
 class _Loader(yaml.SafeLoader):
@@ -318,6 +354,55 @@ def _path_problems(tree: dict, base_dir: Path | None, lines: dict, source: str) 
     return problems
 
 
+def _consistency_problems(tree: dict, lines: dict, source: str) -> list[str]:
+    """Settings that are each valid but contradict each other (checked on the raw tree, so they
+    are reported together with every other problem)."""
+    train = tree.get("train") if isinstance(tree.get("train"), dict) else {}
+    template = tree.get("template") if isinstance(tree.get("template"), dict) else {}
+    tokens = train.get("batch_tokens")
+    length = template.get("max_length", TemplateConfig.model_fields["max_length"].default)
+    numbers = all(type(v) is int and v > 0 for v in (tokens, length))
+    if numbers and tokens < length:
+        return [_describe(("train", "batch_tokens"), _too_few_tokens(tokens, length), lines, source)]
+    return []
+
+
+def _too_few_tokens(tokens: int, length: int) -> str:
+    return (
+        f"{tokens} is smaller than template.max_length ({length}): a micro-batch must hold one "
+        "full row. Raise train.batch_tokens, lower template.max_length, or leave batch_tokens unset"
+    )
+
+
+def _read_tree(path: str | Path, source: str) -> tuple[dict, dict[tuple, int], list[str]]:
+    """The YAML file as a dict, each key's line, and its duplicate keys (as problems)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=_Loader)
+        tree = _load_yaml(text) or {}
+    except FileNotFoundError:
+        raise ConfigError([f"file not found: {path}"], source) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], source) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(["expected a mapping of sections (model:, data:, train:, ...)"], source)
+    if node is None:
+        return tree, {}, []
+    return tree, _key_lines(node), _duplicate_keys(node, source)
+
+
+def _apply_overrides(tree: dict, overrides: list[str]) -> list[str]:
+    """Apply every override that can be applied; the problems of all the others."""
+    problems = []
+    for text in overrides:
+        try:
+            keys, value = parse_override(text)
+            _apply_override(tree, keys, value)
+        except ConfigError as exc:
+            problems += exc.problems
+    return problems
+
+
 def load_config(
     path: str | Path | None,
     overrides: list[str] = (),
@@ -325,41 +410,53 @@ def load_config(
     check_files: bool = False,
 ) -> RunConfig:
     """Read YAML (or start from `base`), apply overrides, validate everything, report all problems
-    at once; with check_files, also every file the config names that does not exist."""
+    at once (duplicate keys, bad overrides, types and values, contradicting settings); with
+    check_files, also every file the config names that does not exist."""
     tree: dict = dict(base or {})
     lines: dict[tuple, int] = {}
+    problems: list[str] = []
     source = str(path) if path else "config"
     if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-            node = yaml.compose(text, Loader=_Loader)
-            tree = _load_yaml(text) or {}
-        except FileNotFoundError:
-            raise ConfigError([f"file not found: {path}"], source) from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError([f"not valid YAML: {exc}"], source) from None
-        if not isinstance(tree, dict):
-            raise ConfigError(
-                ["expected a mapping of sections (model:, data:, train:, ...)"], source
-            )
-        lines = _key_lines(node) if node is not None else {}
-    try:
-        for text in overrides:
-            keys, value = parse_override(text)
-            _apply_override(tree, keys, value)
-    except ConfigError as exc:
-        raise ConfigError(exc.problems, source) from None
-    missing = []
+        tree, lines, problems = _read_tree(path, source)
+    problems += _apply_overrides(tree, list(overrides))
     if check_files:
-        missing = _path_problems(tree, Path(path).resolve().parent if path else None, lines, source)
+        problems += _path_problems(tree, Path(path).resolve().parent if path else None, lines, source)
+    problems += _consistency_problems(tree, lines, source)
     try:
         config = validate(tree, lines, source)
     except ConfigError as exc:
-        raise ConfigError(exc.problems + missing, source) from None
-    if missing:
-        raise ConfigError(missing, source)
+        problems = exc.problems + problems
+    if problems:
+        raise ConfigError(problems, source)
     return config
 
 
 def to_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def load_hygiene_config(path: str | Path) -> HygieneConfig:
+    """An audit config: a run config's `hygiene:` section, or the same keys at the top level."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=_Loader)
+        tree = _load_yaml(text) or {}
+    except FileNotFoundError:
+        raise ConfigError([f"file not found: {path}"], source) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], source) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(["expected a mapping of hygiene settings (actions:, thresholds:, ...)"], source)
+    lines = _key_lines(node) if node is not None else {}
+    prefix: tuple = ("hygiene",) if "hygiene" in tree else ()
+    section = tree["hygiene"] if prefix else tree
+    try:
+        return HygieneConfig.model_validate(section or {})
+    except ValidationError as exc:
+        problems = [
+            _describe((*prefix, *err["loc"]), "unknown key" if err["type"] == "extra_forbidden"
+                      else err["msg"], lines, source)
+            for err in exc.errors()
+        ]  # fmt: skip
+        raise ConfigError(problems, source) from None

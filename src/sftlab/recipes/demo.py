@@ -124,7 +124,7 @@ def run_demo(run_dir: Path, overrides: list[str] = ()) -> dict:
     general_loss_before = conversation_loss(base, renderer, general_convs)
     del base
 
-    train(config, force=True)  # the demo owns its run directory: always a fresh run
+    train(config, restart=True)  # the demo owns its run directory: always a fresh run
     run = load_run(run_dir)
     after = ask(run.model, run.renderer, run.stop_ids, questions + general_prompts)
     general_loss_after = conversation_loss(run.model, run.renderer, general_convs)

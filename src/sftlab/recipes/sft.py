@@ -178,7 +178,7 @@ def setup(config: RunConfig, prepared: Prepared, accelerator, device_type: str, 
     settings = loop.LoopSettings(
         peak_lr=t.peak_lr(), total_steps=0, warmup_steps=0, schedule=t.schedule,
         min_lr_ratio=t.min_lr_ratio, max_grad_norm=t.max_grad_norm,
-        batch_tokens=max(t.batch_tokens, tmpl.max_length), micro_per_step=t.grad_accum * world,
+        batch_tokens=config.micro_batch_tokens(), micro_per_step=t.grad_accum * world,
         seed=t.seed, pad_id=pad_id(prepared.tokenizer), eval_every=t.eval_every,
         skip_nonfinite=t.skip_nonfinite,
     )  # fmt: skip
@@ -201,12 +201,19 @@ def checkpoint_meta(config: RunConfig, prepared: Prepared) -> dict:
     }
 
 
-def train(config: RunConfig, base_dir: Path | None = None, force: bool = False) -> Path:
-    """Run the whole recipe (or resume it); returns the run directory."""
+def train(
+    config: RunConfig,
+    base_dir: Path | None = None,
+    restart: bool = False,
+    force_resume: bool = False,
+) -> Path:
+    """Run the whole recipe (or resume it); returns the run directory. restart: start over,
+    deleting earlier checkpoints; force_resume: resume even if the config or data changed."""
     from accelerate.utils import set_seed
 
+    config.micro_batch_tokens()  # a contradiction in a config built in code: stop before anything
     run_dir = prepare_run_dir(config)
-    resume_from = pick_checkpoint(run_dir / "checkpoints", config.train.resume, force)
+    resume_from = pick_checkpoint(run_dir / "checkpoints", config.train.resume, restart)
     set_seed(config.train.seed)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     accelerator = make_accelerator(config, resolve_precision(config.train.precision, device_type))
@@ -216,8 +223,8 @@ def train(config: RunConfig, base_dir: Path | None = None, force: bool = False) 
     prepared = prepare_data(config, base_dir, say)
     meta = checkpoint_meta(config, prepared)
     if resume_from is not None:
-        for change in check_resumable(resume_from, meta, force):
-            say(f"warning: resuming despite a change (--force): {change}")
+        for change in check_resumable(resume_from, meta, force_resume):
+            say(f"warning: resuming despite a change (--force-resume): {change}")
     if main:
         write_preflight(run_dir, prepared)
     else:
@@ -282,8 +289,9 @@ def train_with_checkpoints(
             save(current)
 
     reporter = Reporter(
-        run_dir / "metrics.jsonl", session.settings.total_steps, enabled=main, start_step=state.step
-    )
+        run_dir / "metrics.jsonl", session.settings.total_steps, enabled=main, start_step=state.step,
+        log_every=t.log_every,
+    )  # fmt: skip
     with StopSignals() as signals:
         hooks = loop.Hooks(after_step=[periodic], should_stop=lambda: signals.received is not None)
         try:

@@ -20,9 +20,15 @@ class Reporter:
     """One per run, on the main process only (the others get `enabled=False`)."""
 
     def __init__(
-        self, path: Path | None, total_steps: int, enabled: bool = True, start_step: int = 0
+        self,
+        path: Path | None,
+        total_steps: int,
+        enabled: bool = True,
+        start_step: int = 0,
+        log_every: int | None = None,
     ):
         self.enabled = enabled
+        self.log_every = log_every  # None: a line every ~15 s (train.log_every)
         self.path = path
         self.total = total_steps
         self.console = Console(stderr=False)
@@ -61,7 +67,7 @@ class Reporter:
                 loss=f"{record['loss']:.4f}",
                 tps=f"{record['tokens_per_s']:.0f}",
             )
-        elif time.monotonic() - self._last_print > 15 or record["step"] in (1, self.total):
+        elif self._line_due(record["step"]):
             self._last_print = time.monotonic()
             print(
                 f"step {record['step']}/{self.total}  loss {record['loss']:.4f}  "
@@ -69,6 +75,14 @@ class Reporter:
                 f"({record['supervised_tokens_per_s']:.0f} supervised)",
                 flush=True,
             )
+
+    def _line_due(self, step: int) -> bool:
+        """A progress line every log_every steps (or every ~15 s), and at the last step."""
+        if step == self.total:
+            return True
+        if self.log_every is not None:
+            return step % self.log_every == 0
+        return step == 1 or time.monotonic() - self._last_print > 15
 
     def eval(self, record: dict) -> None:
         if not self.enabled:

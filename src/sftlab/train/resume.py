@@ -23,18 +23,21 @@ RESUME_SAFE = {
 }  # fmt: skip
 
 
-def pick_checkpoint(root: Path, resume, force: bool) -> Checkpoint | None:
-    """resume=True: the last complete checkpoint (error if none); "auto": it if any; False: none,
-    and an earlier run's checkpoints are an error unless forced (then removed)."""
+def pick_checkpoint(root: Path, resume, restart: bool = False) -> Checkpoint | None:
+    """restart: start over whatever `resume` says (every earlier checkpoint is deleted).
+    Otherwise resume=True: the last complete checkpoint (error if none); "auto": it if any;
+    False: none, and an earlier run's checkpoints are an error (they are never deleted unasked)."""
     clear_partials(root)
     found = checkpoints(root)
-    if resume is False or resume == "never":
-        if found and not force:
+    if restart:
+        shutil.rmtree(root, ignore_errors=True)
+        return None
+    if resume is False:
+        if found:
             raise SftlabError(
                 f"{root.parent} holds checkpoints of an earlier run (last at step {found[-1].step}). "
-                "Pass --resume to continue it, or --force to start over (its checkpoints are deleted)"
+                "Pass --resume to continue it, or --restart to start over (its checkpoints are deleted)"
             )
-        shutil.rmtree(root, ignore_errors=True)
         return None
     if not found:
         if resume is True:
@@ -74,13 +77,14 @@ def changes(saved: dict, current: dict) -> list[str]:
     return found
 
 
-def check_resumable(checkpoint: Checkpoint, current: dict, force: bool) -> list[str]:
+def check_resumable(checkpoint: Checkpoint, current: dict, force_resume: bool) -> list[str]:
     found = changes(checkpoint.state(), current)
-    if found and not force:
+    if found and not force_resume:
         listed = "\n".join(f"  - {c}" for c in found)
         raise SftlabError(
             f"cannot resume from {checkpoint.path}: the run changed since it was saved:\n{listed}\n"
-            "Resuming would not reproduce either run. Restore the old settings, or pass --force."
+            "Resuming would not reproduce either run. Restore the old settings, pass --force-resume to "
+            "resume anyway, or --restart to start over."
         )
     return found
 
