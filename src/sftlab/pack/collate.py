@@ -92,25 +92,38 @@ class EpochPlan:
 
     The plan is global: every process computes the same one from (seed, epoch) and takes the
     micro-batches at positions rank, rank + world, ... of each step. So every process also knows
-    each step's total supervised tokens without communicating (invariant 7).
+    each step's total supervised tokens without communicating (invariant 7). Every row is in
+    exactly one micro-batch of one step: a short last step is kept short, never topped up with
+    repeated rows; a process left without a micro-batch runs a zero-weight pass (`rank_passes`).
     """
 
     steps: list[list[list[int]]]
 
 
 def plan_epoch(
-    lengths: Sequence[int], budget: int, micro_per_step: int, world: int, seed: int, epoch: int
+    lengths: Sequence[int], budget: int, micro_per_step: int, seed: int, epoch: int
 ) -> EpochPlan:
     rng = np.random.default_rng([seed, epoch])
     groups = group_by_budget(lengths, budget, rng)
     steps = [groups[i : i + micro_per_step] for i in range(0, len(groups), micro_per_step)]
-    # Every process needs at least one micro-batch per step: top up a short last step by
-    # repeating the epoch's first micro-batches.
-    if steps and len(steps[-1]) < world:
-        short = steps[-1]
-        steps[-1] = short + [groups[j % len(groups)] for j in range(world - len(short))]
     return EpochPlan(steps)
 
 
 def rank_share(step: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """This process's micro-batches of a step (may be empty when the step is short)."""
     return step[rank::world]
+
+
+def rank_passes(step: list[list[int]], rank: int, world: int) -> list[tuple[list[int], bool]]:
+    """The forward passes this process runs for a step, as (row indices, counted): its own
+    micro-batches, then zero-weight fillers until it has as many passes as every other process.
+
+        3 micro-batches a b c, 2 processes:   rank 0: a, c        rank 1: b, (a[:1], not counted)
+
+    Every process must enter each collective (DDP's buffer broadcast and gradient all-reduce,
+    FSDP's all-gathers) equally often, or one waits forever for the others. A filler is one real
+    row of the step: it reaches every trained parameter as a real pass does, and it costs little.
+    """
+    mine = [(group, True) for group in rank_share(step, rank, world)]
+    passes = -(-len(step) // world)  # the most micro-batches any process has
+    return mine + [(step[0][:1], False)] * (passes - len(mine))

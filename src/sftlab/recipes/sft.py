@@ -116,7 +116,9 @@ def manifest(config: RunConfig, prepared: Prepared, extra: dict) -> dict:
         "model": {
             "name": config.model.name,
             "path": prepared.ref.path,
+            "source": prepared.ref.source,  # absolute: a reload never depends on its directory
             "allow_pickle": config.model.allow_pickle,
+            "trust_remote_code": config.model.trust_remote_code,
         },
         "tokenizer_sha256": hash_path(tokenizer_file) if tokenizer_file.is_file() else None,
         "template_sha256": hash_text(renderer.fmt.template),
@@ -182,7 +184,7 @@ def setup(config: RunConfig, prepared: Prepared, accelerator, device_type: str, 
         seed=t.seed, pad_id=pad_id(prepared.tokenizer), eval_every=t.eval_every,
         skip_nonfinite=t.skip_nonfinite,
     )  # fmt: skip
-    settings.total_steps = loop.total_steps_for(train_rows, settings, world, t.epochs, t.max_steps)
+    settings.total_steps = loop.total_steps_for(train_rows, settings, t.epochs, t.max_steps)
     settings.warmup_steps = round(t.warmup_ratio * settings.total_steps)
     facts = {
         "precision": precision, "attention": attention, "packing": packing,
@@ -293,7 +295,9 @@ def train_with_checkpoints(
         log_every=t.log_every,
     )  # fmt: skip
     with StopSignals() as signals:
-        hooks = loop.Hooks(after_step=[periodic], should_stop=lambda: signals.received is not None)
+        hooks = loop.Hooks(
+            after_step=[periodic], should_stop=lambda: signals.received or 0, on_stop=signals.adopt
+        )
         try:
             state = loop.run(session.accelerator, session.model, session.optimizer, session.train_rows,
                              session.settings, state, reporter, session.evaluate, hooks)  # fmt: skip
@@ -305,7 +309,7 @@ def train_with_checkpoints(
         code = 128 + signals.received
         raise Interrupted(
             f"stopped at step {state.step} of {session.settings.total_steps}; checkpoint saved to "
-            f"{where}. Resume with: sftlab train <config> --resume", code
+            f"{where or root}. Resume with: sftlab train <config> --resume", code
         )  # fmt: skip
     return state
 

@@ -24,7 +24,7 @@ import torch
 from sftlab.core.errors import SftlabError
 from sftlab.core.types import PackedRow
 from sftlab.model.memory import FreeMemoryTrimmer, peak_memory_mb
-from sftlab.pack.collate import EpochPlan, collate, group_by_budget, plan_epoch, rank_share
+from sftlab.pack.collate import EpochPlan, collate, group_by_budget, plan_epoch, rank_passes
 from sftlab.train.checkpoint import fault_active, fault_point
 from sftlab.train.optim import lr_at, set_lr
 
@@ -39,6 +39,7 @@ class LoopState:
     tokens: int = 0
     supervised_tokens: int = 0
     skipped_nonfinite: int = 0
+    skipped_overflow: int = 0  # fp16 steps the gradient scaler skipped (inf/nan gradients)
     train_seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -66,21 +67,24 @@ class Hooks:
     """Called on the main flow after each step; each gets the state and the step's record."""
 
     after_step: list[Callable[[LoopState, dict], None]] = field(default_factory=list)
-    should_stop: Callable[[], bool] = lambda: False
+    # A non-zero code (e.g. a signal number) from any process stops every process before the
+    # next step; each is then told the agreed (largest) code.
+    should_stop: Callable[[], int] = lambda: 0
+    on_stop: Callable[[int], None] = lambda code: None
 
 
 class NonFiniteLoss(SftlabError):
     pass
 
 
-def steps_per_epoch(rows: Sequence[PackedRow], s: LoopSettings, world: int) -> int:
+def steps_per_epoch(rows: Sequence[PackedRow], s: LoopSettings) -> int:
     return len(
-        plan_epoch([len(r) for r in rows], s.batch_tokens, s.micro_per_step, world, s.seed, 0).steps
+        plan_epoch([len(r) for r in rows], s.batch_tokens, s.micro_per_step, s.seed, 0).steps
     )
 
 
-def total_steps_for(rows, s: LoopSettings, world: int, epochs: float, max_steps: int | None) -> int:
-    total = math.ceil(epochs * steps_per_epoch(rows, s, world))
+def total_steps_for(rows, s: LoopSettings, epochs: float, max_steps: int | None) -> int:
+    total = math.ceil(epochs * steps_per_epoch(rows, s))
     return min(total, max_steps) if max_steps else total
 
 
@@ -91,19 +95,23 @@ def train_step(
     world, rank = accelerator.num_processes, accelerator.process_index
     scale = float("nan") if fault_active("nonfinite", step) else 1.0  # test seam: poisoned grads
     window = sum(rows[i].n_supervised for group in step_groups for i in group)
-    mine = rank_share(step_groups, rank, world)
+    # Every process runs as many passes as the others (a filler, weighted 0, where its share of
+    # a short last step is smaller), so each enters every collective equally often.
+    passes = rank_passes(step_groups, rank, world)
     loss_sum = torch.zeros((), device=accelerator.device)
     tokens = 0
-    for j, group in enumerate(mine):
+    for j, (group, counted) in enumerate(passes):
         batch = collate([rows[i] for i in group], s.pad_id).to(accelerator.device)
-        tokens += batch.n_tokens
+        weight = scale * world / window if counted else 0.0
         # Gradients are all-reduced only on the last micro-batch of the step.
-        sync = nullcontext() if j == len(mine) - 1 else accelerator.no_sync(model)
+        sync = nullcontext() if j == len(passes) - 1 else accelerator.no_sync(model)
         with sync:
             with accelerator.autocast():
                 summed = model(batch.input_ids, batch.position_ids, batch.targets)
-            accelerator.backward(summed * (scale * world / window))
-        loss_sum += summed.detach().float() * scale
+            accelerator.backward(summed * weight)
+        if counted:
+            tokens += batch.n_tokens
+            loss_sum += summed.detach().float() * scale
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = s.max_grad_norm if s.max_grad_norm is not None else float("inf")
     grad_norm = accelerator.clip_grad_norm_(params, max_norm)
@@ -128,17 +136,33 @@ def run(
     evaluate,
     hooks: Hooks,
 ):
-    """Train from `state` to s.total_steps. Returns the final state."""
+    """Train from `state` to s.total_steps, or until any process is asked to stop (hooks).
+    Returns the final state: the same step, and the same stop decision, on every process."""
+    state = _train_steps(accelerator, model, optimizer, rows, s, state, reporter, evaluate, hooks)
+    # A request that arrived during the last step must reach every process too: one that stopped
+    # alone would leave the others waiting in the final evaluation's collectives.
+    _stop_agreed(accelerator, hooks)
+    return state
+
+
+def _train_steps(
+    accelerator,
+    model,
+    optimizer,
+    rows,
+    s: LoopSettings,
+    state: LoopState,
+    reporter,
+    evaluate,
+    hooks: Hooks,
+):
     lengths = [len(r) for r in rows]
-    world = accelerator.num_processes
     trimmer = FreeMemoryTrimmer() if accelerator.device.type == "cpu" else None
     while state.step < s.total_steps:
-        plan: EpochPlan = plan_epoch(
-            lengths, s.batch_tokens, s.micro_per_step, world, s.seed, state.epoch
-        )
+        plan: EpochPlan = plan_epoch(lengths, s.batch_tokens, s.micro_per_step, s.seed, state.epoch)
         for step_groups in plan.steps[state.step_in_epoch :]:
             fault_point("step", state.step)
-            if state.step >= s.total_steps or hooks.should_stop():
+            if state.step >= s.total_steps or _stop_agreed(accelerator, hooks):
                 return state
             lr = lr_at(
                 state.step, s.total_steps, s.peak_lr, s.warmup_steps, s.schedule, s.min_lr_ratio
@@ -146,10 +170,7 @@ def run(
             set_lr(optimizer, lr)
             started = time.perf_counter()
             record = train_step(accelerator, model, optimizer, rows, step_groups, s, state.step + 1)
-            if not math.isfinite(record["loss"]) or not math.isfinite(record["grad_norm"]):
-                _handle_nonfinite(optimizer, state, record, step_groups, rows, s)
-            else:
-                optimizer.step()
+            _update(accelerator, optimizer, state, record, step_groups, rows, s)
             optimizer.zero_grad(set_to_none=True)
             if trimmer is not None:
                 trimmer.after_step()
@@ -180,6 +201,50 @@ def run(
     return state
 
 
+def _stop_agreed(accelerator, hooks: Hooks) -> bool:
+    """Whether any process was asked to stop: one all-reduce of the request per step.
+
+    A process that stopped on its own signal one step before the others would leave them
+    waiting in that step's gradient all-reduce forever; agreeing first, all stop at the same step.
+    """
+    code = int(hooks.should_stop())
+    if accelerator.num_processes > 1:
+        flag = torch.tensor(code, device=accelerator.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        code = int(flag)
+    if code:
+        hooks.on_stop(code)
+    return code != 0
+
+
+def _update(accelerator, optimizer, state: LoopState, record, step_groups, rows, s) -> None:
+    """Step the optimizer, or skip the step.
+
+    Under fp16, accelerate's gradient scaler multiplies the loss before backward; an infinite
+    gradient then means the scale was too high, not that training diverged, and the scaler's own
+    step skips the update and halves the scale (that is how it finds a usable scale: the first
+    steps of an fp16 run overflow by design). Those steps are counted as overflow skips and logged
+    with the scale. A non-finite loss is a real problem in any precision.
+    """
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None:
+        record["loss_scale"] = float(scaler.get_scale())  # the scale this step's backward used
+    if not math.isfinite(record["loss"]) or (
+        scaler is None and not math.isfinite(record["grad_norm"])
+    ):
+        if scaler is not None:
+            # clip_grad_norm_ unscaled the gradients; without update() the next step's unscale
+            # raises ("unscale_() has already been called ... since the last update()").
+            scaler.update()
+        _handle_nonfinite(optimizer, state, record, step_groups, rows, s)
+        return
+    optimizer.step()  # with a scaler: scaler.step (skipped on inf/nan gradients) + update
+    if scaler is not None:
+        # accelerate's flag; the same on every process (DDP reduced the gradients first)
+        record["overflow_skipped"] = bool(getattr(optimizer, "step_was_skipped", False))
+        state.skipped_overflow += record["overflow_skipped"]
+
+
 def _handle_nonfinite(
     optimizer, state: LoopState, record, step_groups, rows, s: LoopSettings
 ) -> None:
@@ -201,18 +266,25 @@ def _handle_nonfinite(
 def eval_loss(
     accelerator, model, rows: Sequence[PackedRow], batch_tokens: int, pad_id: int
 ) -> float:
-    """Mean supervised-token loss over `rows`, split across processes."""
+    """Mean supervised-token loss over `rows`, split across processes.
+
+    Every process runs the same number of forward passes (fillers count for nothing): a process
+    with one pass more would sit in the wrapped model's collective (DDP's buffer broadcast) while
+    the others wait in the final all-reduce, forever.
+    """
     if not rows:
         return float("nan")
     model.eval()
     groups = group_by_budget([len(r) for r in rows], batch_tokens, _fixed_rng())
     loss = torch.zeros((), device=accelerator.device)
     count = torch.zeros((), device=accelerator.device)
-    for group in groups[accelerator.process_index :: accelerator.num_processes]:
+    for group, counted in rank_passes(groups, accelerator.process_index, accelerator.num_processes):
         batch = collate([rows[i] for i in group], pad_id).to(accelerator.device)
         with accelerator.autocast():
-            loss += model(batch.input_ids, batch.position_ids, batch.targets).float()
-        count += batch.n_supervised
+            summed = model(batch.input_ids, batch.position_ids, batch.targets).float()
+        if counted:
+            loss += summed
+            count += batch.n_supervised
     model.train()
     total = accelerator.reduce(loss, "sum") / accelerator.reduce(count, "sum").clamp(min=1)
     return float(total)

@@ -142,6 +142,11 @@ class StopSignals:
             f"\n{signal.Signals(signum).name}: saving a checkpoint after this step ...", flush=True
         )
 
+    def adopt(self, signum: int) -> None:
+        """Another process received `signum`: stop the same way, as if this one had."""
+        if self.received is None:
+            self.received = signum
+
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
