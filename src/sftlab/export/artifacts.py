@@ -75,16 +75,23 @@ def load_run(
     manifest = read_json(run_dir / "manifest.json")
     fmt = load_chat_format(run_dir)
     tokenizer = load_tokenizer(ModelRef("run tokenizer", str(run_dir / "tokenizer"), True))
+    trained = manifest["model"]
+    # The permissions the run was trained with, so a run whose base needed them reloads
+    permissions = {
+        "allow_pickle": trained.get("allow_pickle", False),
+        "trust_remote_code": trained.get("trust_remote_code", False),
+    }
     if (run_dir / "model").is_dir():
-        model = load_model(resolve_model(str(run_dir / "model")), dtype=dtype)
+        model = load_model(resolve_model(str(run_dir / "model")), dtype=dtype, **permissions)
     elif (run_dir / "adapter").is_dir():
         from peft import PeftModel
 
-        base_cfg = manifest["model"]
-        base = load_model(
-            resolve_model(base_cfg["name"], base_cfg.get("allow_pickle", False)), dtype=dtype
+        # `source` is absolute (older runs: the name, resolved against the run's folder)
+        base_ref = resolve_model(
+            trained.get("source") or trained["name"], permissions["allow_pickle"], run_dir
         )
-        model = PeftModel.from_pretrained(base, run_dir / "adapter")
+        model = PeftModel.from_pretrained(load_model(base_ref, dtype=dtype, **permissions),
+                                          run_dir / "adapter")  # fmt: skip
         if merged:
             model = model.merge_and_unload()
     else:

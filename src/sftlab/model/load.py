@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from sftlab.core.errors import ModelError
+from sftlab.core.paths import find
 from sftlab.model.attention import make_available
 
 EMBEDDED = {
@@ -40,6 +41,9 @@ class ModelRef:
     name: str  # what the user wrote
     path: str  # a local folder, or a hub id
     is_local: bool
+    source: str = ""  # what `name` resolved to: an absolute folder or .gguf path, or the name
+    # itself (embedded, hub id). Recorded in a run's manifest, so that the run reloads from any
+    # working directory.
 
 
 def embedded_gguf(name: str) -> Path:
@@ -54,22 +58,27 @@ def embedded_gguf(name: str) -> Path:
     return Path(spec.submodule_search_locations[0]) / filename
 
 
-def resolve_model(name: str, allow_pickle: bool = False) -> ModelRef:
+def resolve_model(
+    name: str, allow_pickle: bool = False, base_dir: Path | None = None
+) -> ModelRef:
+    """A relative local name is looked up in base_dir (the config's folder) first, then in the
+    current directory, as data paths are; anything else that is not local is a hub id."""
     if name in EMBEDDED:
         gguf = embedded_gguf(name)
-        return ModelRef(name, str(convert_gguf(gguf, EMBEDDED[name][2])), True)
-    path = Path(name).expanduser()
+        return ModelRef(name, str(convert_gguf(gguf, EMBEDDED[name][2])), True, name)
+    path = (find(name, base_dir) or Path(name)).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file not found: {path}")
         stat = path.stat()
-        return ModelRef(name, str(convert_gguf(path, f"{path.stem}-{stat.st_size}")), True)
+        converted = convert_gguf(path, f"{path.stem}-{stat.st_size}")
+        return ModelRef(name, str(converted), True, str(path.resolve()))
     if path.is_dir():
         check_weights_safe(path, allow_pickle)
-        return ModelRef(name, str(path.resolve()), True)
+        return ModelRef(name, str(path.resolve()), True, str(path.resolve()))
     if path.exists() or name.startswith((".", "/", "~")):
         raise ModelError(f"model {name!r}: not a model folder or .gguf file")
-    return ModelRef(name, name, False)
+    return ModelRef(name, name, False, name)
 
 
 def check_weights_safe(folder: Path, allow_pickle: bool) -> None:

@@ -37,7 +37,7 @@ class Prepared:
 
 
 def prepare_data(config: RunConfig, base_dir: Path | None, say=print) -> Prepared:
-    ref = resolve_model(config.model.name, config.model.allow_pickle)
+    ref = resolve_model(config.model.name, config.model.allow_pickle, base_dir)
     tokenizer = load_tokenizer(ref, config.model.trust_remote_code)
     renderer = Renderer(tokenizer, build_chat_format(tokenizer, config.template))
     files = [str(resolve_path(s.path, base_dir)) for s in config.data.sources]
