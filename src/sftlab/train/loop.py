@@ -240,8 +240,10 @@ def _update(accelerator, optimizer, state: LoopState, record, step_groups, rows,
         return
     optimizer.step()  # with a scaler: scaler.step (skipped on inf/nan gradients) + update
     if scaler is not None:
-        # accelerate's flag; the same on every process (DDP reduced the gradients first)
-        record["overflow_skipped"] = bool(getattr(optimizer, "step_was_skipped", False))
+        # update() lowers the scale exactly when it found inf/nan gradients (backoff_factor < 1)
+        # and skipped the step. accelerate's `step_was_skipped` cannot tell: a fused AdamW skips
+        # inside its own step. Every process agrees: DDP reduced the gradients first.
+        record["overflow_skipped"] = float(scaler.get_scale()) < record["loss_scale"]
         state.skipped_overflow += record["overflow_skipped"]
 
 
