@@ -54,7 +54,9 @@ def train(
             "--force-resume to resume despite changes to the config or data"
         )
     if restart and (resume or force_resume):
-        raise SftlabError("--restart starts over; it cannot be combined with --resume/--force-resume")
+        raise SftlabError(
+            "--restart starts over; it cannot be combined with --resume/--force-resume"
+        )
     resume = resume or force_resume
     extra = (["train.resume=true"] if resume else []) + (
         ["model.allow_pickle=true"] if allow_pickle else []
@@ -62,9 +64,7 @@ def train(
     cfg = load_config(config, [*(overrides or []), *extra], check_files=True)
     from sftlab.recipes.sft import train as run_training  # heavy imports after the config is valid
 
-    run_training(
-        cfg, base_dir=config.resolve().parent, restart=restart, force_resume=force_resume
-    )
+    run_training(cfg, base_dir=config.resolve().parent, restart=restart, force_resume=force_resume)
 
 
 @data_app.command("inspect")

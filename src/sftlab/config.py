@@ -363,7 +363,8 @@ def _consistency_problems(tree: dict, lines: dict, source: str) -> list[str]:
     length = template.get("max_length", TemplateConfig.model_fields["max_length"].default)
     numbers = all(type(v) is int and v > 0 for v in (tokens, length))
     if numbers and tokens < length:
-        return [_describe(("train", "batch_tokens"), _too_few_tokens(tokens, length), lines, source)]
+        problem = _too_few_tokens(tokens, length)
+        return [_describe(("train", "batch_tokens"), problem, lines, source)]
     return []
 
 
@@ -420,7 +421,8 @@ def load_config(
         tree, lines, problems = _read_tree(path, source)
     problems += _apply_overrides(tree, list(overrides))
     if check_files:
-        problems += _path_problems(tree, Path(path).resolve().parent if path else None, lines, source)
+        base_dir = Path(path).resolve().parent if path else None
+        problems += _path_problems(tree, base_dir, lines, source)
     problems += _consistency_problems(tree, lines, source)
     try:
         config = validate(tree, lines, source)

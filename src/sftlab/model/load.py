@@ -3,10 +3,17 @@
 GGUF files (the embedded SmolLM2 ships as one) are dequantized once into a cache folder of
 float32 safetensors and loaded from there afterwards: loading a GGUF takes ~12 s and leaves a
 quantizer attached that makes `save_pretrained` and training refuse the model.
+
+The cache folder is keyed by the file's content (sha256), never by its name or size: two
+fine-tunes quantised the same way have both in common. Hashing costs ~0.3 s per 100 MB here (a
+7B Q4 file: ~10 s), so each file's hash is recorded with its (device, inode, size, mtime, ctime)
+and reused while those are unchanged; ctime cannot be set back by `cp -p`/`touch`, so any
+rewrite of the file is hashed again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -19,6 +26,7 @@ from pathlib import Path
 import torch
 
 from sftlab.core.errors import ModelError
+from sftlab.core.io import write_text_atomic
 from sftlab.core.paths import find
 from sftlab.model.attention import make_available
 
@@ -58,9 +66,7 @@ def embedded_gguf(name: str) -> Path:
     return Path(spec.submodule_search_locations[0]) / filename
 
 
-def resolve_model(
-    name: str, allow_pickle: bool = False, base_dir: Path | None = None
-) -> ModelRef:
+def resolve_model(name: str, allow_pickle: bool = False, base_dir: Path | None = None) -> ModelRef:
     """A relative local name is looked up in base_dir (the config's folder) first, then in the
     current directory, as data paths are; anything else that is not local is a hub id."""
     if name in EMBEDDED:
@@ -70,8 +76,7 @@ def resolve_model(
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file not found: {path}")
-        stat = path.stat()
-        converted = convert_gguf(path, f"{path.stem}-{stat.st_size}")
+        converted = convert_gguf(path, path.stem)
         return ModelRef(name, str(converted), True, str(path.resolve()))
     if path.is_dir():
         check_weights_safe(path, allow_pickle)
@@ -94,16 +99,50 @@ def check_weights_safe(folder: Path, allow_pickle: bool) -> None:
     raise ModelError(f"{folder}: no model weights (*.safetensors) found")
 
 
-def convert_gguf(gguf: Path, cache_name: str) -> Path:
-    """Dequantize a GGUF file once into CACHE/models/<cache_name> (fp32 safetensors + tokenizer)."""
-    target = cache_root() / "models" / cache_name
-    if (target / "config.json").is_file() and (target / "sftlab-source.json").is_file():
+def _file_identity(path: Path) -> dict:
+    stat = path.stat()
+    return {
+        "device": stat.st_dev, "inode": stat.st_ino, "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns,
+    }  # fmt: skip
+
+
+def gguf_sha256(gguf: Path) -> str:
+    """The file's content hash, recomputed only when the file may have changed (see above)."""
+    index_file = cache_root() / "models" / "gguf-sha256.json"
+    key, identity = str(gguf.resolve()), _file_identity(gguf)
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = {}
+    known = index.get(key, {})
+    if known.get("sha256") and all(known.get(k) == v for k, v in identity.items()):
+        return known["sha256"]
+    digest = hashlib.sha256()
+    with open(gguf, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    index[key] = {**identity, "sha256": digest.hexdigest()}
+    write_text_atomic(index_file, json.dumps(index, indent=1))  # a racing writer costs a re-hash
+    return index[key]["sha256"]
+
+
+def convert_gguf(gguf: Path, label: str) -> Path:
+    """Dequantize a GGUF file once into CACHE/models/<label>-<sha256 prefix> (fp32 safetensors +
+    tokenizer); a folder whose recorded hash is not the file's is converted again."""
+    sha256 = gguf_sha256(gguf)
+    target = cache_root() / "models" / f"{label}-{sha256[:16]}"
+    try:
+        recorded = json.loads((target / "sftlab-source.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = {}
+    if (target / "config.json").is_file() and recorded.get("sha256") == sha256:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
     print(f"converting {gguf.name} to safetensors once (cached in {target})", file=sys.stderr)
-    staging = Path(tempfile.mkdtemp(prefix=f".{cache_name}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
@@ -113,7 +152,8 @@ def convert_gguf(gguf: Path, cache_name: str) -> Path:
             model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / "sftlab-source.json").write_text(json.dumps({"gguf": str(gguf)}))
+        source = {"gguf": str(gguf.resolve()), "sha256": sha256}
+        (staging / "sftlab-source.json").write_text(json.dumps(source))
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)  # atomic: a half-converted folder is never picked up
     except Exception as exc:
