@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from sftlab.core.errors import ModelError
 from sftlab.model.attention import LEAN_EAGER, make_available
 
 
@@ -84,6 +85,39 @@ def attention_for(mode: str, row_tokens: int) -> str:
     if mode != BY_LENGTH:
         return mode
     return LEAN_EAGER if row_tokens <= CPU_EAGER_MAX_TOKENS else "sdpa"
+
+
+def packs_into_one_row(implementation: str | None) -> bool:
+    """Whether a batch of packed rows must be flattened into one row for `implementation` to keep
+    its examples apart (the rows carry no attention mask, only restarting position ids).
+
+    Transformers 5 keeps packed examples apart in two different ways:
+    - mask-building implementations (eager, sdpa, flex, sftlab's lean eager) build a
+      block-diagonal mask from each row's position ids (masking_utils.find_packed_sequence_indices),
+      whatever the number of rows;
+    - flash attention has no mask: it derives cu_seqlens from the position ids, but only when the
+      batch has ONE row (modeling_flash_attention_utils._is_packed_sequence); with more rows it runs
+      plain causal attention and every example sees the ones before it in its row. Flattening the
+      batch to one row gives it the cu_seqlens it needs, at no cost (varlen kernels do not pad).
+    Anything else (a custom kernel without a mask function) cannot be shown to keep examples
+    apart, so it is refused rather than trained on a silently wrong attention pattern.
+    """
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+    from transformers.utils.generic import is_flash_attention_requested
+
+    if implementation is None:  # transformers' default: sdpa or eager, both mask-building
+        return False
+    if is_flash_attention_requested(requested_attention_implementation=implementation):
+        return True
+    make_available(implementation)
+    masks = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping  # what transformers itself consults
+    if implementation in masks and masks[implementation] is not flash_attention_mask:
+        return False
+    raise ModelError(
+        f"attention implementation {implementation!r}: sftlab cannot tell whether it keeps packed "
+        "examples apart (it builds no attention mask and is not a flash-attention variant). Use "
+        "model.attn_implementation=sdpa, eager or flash_attention_2."
+    )
 
 
 def use_attention(model, implementation: str) -> None:
