@@ -86,14 +86,15 @@ def two_packed_rows():
     return examples, batch, everywhere
 
 
-def unpacked_logits(model, examples) -> torch.Tensor:
+def unpacked_logits(model, examples, device="cpu") -> torch.Tensor:
     """Each example alone, through the model's own forward: the logits packing must reproduce."""
     model.set_attn_implementation("eager")
     with torch.no_grad():
         return torch.cat(
             [
                 model(
-                    input_ids=torch.as_tensor(e.input_ids, dtype=torch.long)[None], use_cache=False
+                    input_ids=torch.as_tensor(e.input_ids, dtype=torch.long, device=device)[None],
+                    use_cache=False,
                 ).logits[0]
                 for e in examples
             ]
@@ -181,3 +182,28 @@ def test_an_implementation_that_may_mix_examples_is_refused_with_a_clear_error()
         packs_into_one_row("sftlab_test_maskless")
     with pytest.raises(ModelError, match="sftlab_test_maskless"):
         SupervisedLoss(make_tiny_model(), attention="sftlab_test_maskless")
+
+
+def _real_flash_available() -> bool:
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
+@pytest.mark.skipif(
+    not _real_flash_available(), reason="needs a CUDA GPU and the flash_attn package"
+)
+def test_real_flash_attention_keeps_packed_rows_apart_on_a_gpu():
+    """The same check with the real kernel, where there is one (bf16: flash runs no fp32)."""
+    model = sharp_model().to("cuda", torch.bfloat16)
+    examples, batch, everywhere = two_packed_rows()
+    batch = batch.to("cuda")
+    expected = unpacked_logits(model, examples, device="cuda").float()
+    wrapped = SupervisedLoss(model, attention="flash_attention_2")
+    with torch.no_grad():
+        hidden, _ = wrapped.supervised_hidden(
+            batch.input_ids, batch.position_ids, everywhere.to("cuda")
+        )
+        logits = wrapped.head(hidden).float()
+    scale = float(expected.abs().max())
+    assert float((logits - expected).abs().max()) < 0.05 * scale
