@@ -132,3 +132,57 @@ def smol_tokenizer(smol_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smol_path)
+
+
+# -- a real browser for the page tests -----------------------------------------------------------
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # root cannot use the sandbox
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",  # no update checks, no safe-browsing lists: no request
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _install_chromium() -> str:
+    """Install Debian's chromium (never a browser download); returns why it failed, or ''."""
+    import shutil
+    import subprocess
+
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        return "apt-get as root is needed to install Debian's chromium package"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command, timeout in ((["apt-get", "update"], 300), (["apt-get", "install", "-y", "chromium"], 900)):
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return f"{' '.join(command)} took more than {timeout} s"
+        if done.returncode != 0:
+            return f"{' '.join(command)} failed: {done.stderr.strip()[-500:]}"
+    return ""
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of a headless-capable chromium, installed from Debian's packages when absent. In CI
+    (CI=true) a browser that cannot be had fails the test; elsewhere it skips with the reason."""
+    import shutil
+
+    path, problem = shutil.which("chromium"), ""
+    if path is None:
+        problem = _install_chromium()
+        path = shutil.which("chromium")
+    try:
+        import playwright.sync_api  # noqa: F401  (the driver; `pip install -e .[dev]` brings it)
+    except ImportError:
+        path, problem = None, "the playwright package is not installed (pip install -e '.[dev]')"
+    if path is None:
+        message = f"no browser for the page tests: {problem or 'chromium not found'}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -96,6 +96,48 @@ def data_inspect(
     )  # fmt: skip
 
 
+@data_app.command("audit")
+def data_audit(
+    files: Annotated[
+        list[Path], typer.Argument(help="data files (.json/.jsonl/.csv/.parquet/.txt) or saved datasets")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="folder for kept/rejected/review/audit files")],
+    model: Annotated[
+        str | None, typer.Option(help="score rows with this model: loss, IFD, surprising tokens")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="audit settings: YAML with a hygiene: section")
+    ] = None,
+    eval_files: Annotated[
+        list[Path] | None, typer.Option("--eval", help="an evaluation file to decontaminate against")
+    ] = None,
+    select: Annotated[
+        int | None, typer.Option(help="keep the N best rows by IFD after the rules (needs --model)")
+    ] = None,
+    decisions: Annotated[
+        Path | None, typer.Option(help="decisions.json saved from audit.html, applied after")
+    ] = None,
+    tokenizer: Annotated[
+        str, typer.Option(help="tokenizer for lengths: default, a model name, or 'words'")
+    ] = "default",
+) -> None:
+    """Find, explain and set aside bad training rows; the rest is ready for sftlab train."""
+    from sftlab.recipes.audit import audit_command
+
+    audit_command(files, out, model, config, eval_files, select, decisions, tokenizer)
+
+
+@data_app.command("apply-review")
+def data_apply_review(
+    audit_dir: Annotated[Path, typer.Argument(help="a folder written by sftlab data audit")],
+    decisions: Annotated[Path, typer.Argument(help="decisions.json saved from audit.html")],
+) -> None:
+    """Apply review decisions: drop moves a kept row to rejected, keep brings a rejected one back."""
+    from sftlab.hygiene.review import apply_review
+
+    print(apply_review(audit_dir, decisions).summary())
+
+
 @app.command()
 def generate(
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by sftlab train")],

@@ -1,0 +1,109 @@
+"""The reusable part of every sftlab page: Jinja templates shipped as package data, the shared
+stylesheet, charts drawn by matplotlib into inline SVG, and an atomic write.
+
+Why matplotlib -> SVG rather than a JavaScript charting library: a histogram is ~10-20 kB of
+SVG that needs no script to draw, while plotly's inlined bundle alone is ~3.5 MB per page.
+Text stays text in the SVG (`svg.fonttype: none`), so the browser's own font draws it.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
+
+import jinja2
+from markupsafe import Markup, escape
+
+from sftlab.core.io import write_text_atomic
+
+ASSETS = files("sftlab.report") / "assets"
+_SVG_START = re.compile(r"<svg\b")  # what precedes it (XML declaration, DOCTYPE) is dropped
+_SVG_METADATA = re.compile(r"\s*<metadata>.*?</metadata>", re.DOTALL)  # RDF credits: not needed
+
+
+def asset(name: str) -> str:
+    return (ASSETS / name).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    """Autoescaping on: every value from the data is text until a function marks it Markup."""
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(lambda name: asset(name)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a misspelt name fails the page, not silently blanks
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["thousands"] = lambda n: f"{n:,}" if isinstance(n, int) else n
+    return env
+
+
+def render_page(template: str, title: str, scripts: Sequence[str] = (), **context) -> str:
+    """Render a page template (which extends page.html.j2) with the shared CSS and the named
+    script assets inlined. Scripts must not contain '</script'; checked, not assumed."""
+    code = [asset(name) for name in scripts]
+    if any("</script" in c.lower() for c in code):
+        raise ValueError("an inlined script contains '</script', which would end the element")
+    return (
+        environment()
+        .get_template(template)
+        .render(
+            title=title, css=Markup(asset("page.css")), scripts=[Markup(c) for c in code], **context
+        )
+    )
+
+
+def highlight(text: str, spans: Sequence[tuple[int, int, str]]) -> Markup:
+    """Escape `text`, wrapping each [start, end) span in <mark title=...>. Spans that overlap
+    an earlier one or fall outside the text are skipped."""
+    out, cursor = [], 0
+    for start, end, title in sorted(spans):
+        if start < cursor or end > len(text) or end <= start:
+            continue
+        out.append(escape(text[cursor:start]))
+        out.append(Markup('<mark class="tok" title="{}">{}</mark>').format(title, text[start:end]))
+        cursor = end
+    out.append(escape(text[cursor:]))
+    return Markup("").join(out)
+
+
+def svg_histogram(
+    values: Sequence[float], xlabel: str, bins: int = 40, color: str = "#3b6ea8"
+) -> Markup:
+    """A histogram as inline SVG (an empty-data chart says so instead of failing)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(5.6, 2.5), layout="constrained")
+    ax = fig.subplots()
+    if len(values):
+        ax.hist(values, bins=bins, color=color, edgecolor="white", linewidth=0.4)
+    else:
+        ax.text(0.5, 0.5, "no rows", ha="center", va="center", transform=ax.transAxes)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # row counts: no 0.5 ticks
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("rows")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _svg(fig)
+
+
+def _svg(fig) -> Markup:
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "sftlab", "font.size": 9}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    text = buf.getvalue()
+    match = _SVG_START.search(text)
+    return Markup(_SVG_METADATA.sub("", text[match.start() :] if match else text, count=1))
+
+
+def write_page(path: Path, html: str) -> Path:
+    """Write atomically: a reader never sees half a page."""
+    write_text_atomic(path, html)
+    return path
