@@ -213,6 +213,22 @@ class SupervisedLoss(nn.Module):
         chosen = keep[:, columns]
         return logits[chosen], targets[:, columns][chosen]
 
+    @torch.no_grad()
+    def token_losses(self, input_ids, position_ids, targets) -> torch.Tensor:
+        """Loss of each supervised token [n] (fp32, row-major order), for scoring data rather
+        than training: the same decoder, head and soft-capping as forward(), unreduced."""
+        if self.transform is None:
+            logits, wanted = self.model_logits(input_ids, position_ids, targets)
+            return F.cross_entropy(logits.float(), wanted, reduction="none")
+        hidden, wanted = self.supervised_hidden(input_ids, position_ids, targets)
+        parts = [
+            _chunk_loss_sum(self.head, h, t, self.transform, reduction="none")
+            for h, t in zip(
+                hidden.split(self.chunk_tokens), wanted.split(self.chunk_tokens), strict=True
+            )
+        ]
+        return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
     def forward(self, input_ids, position_ids, targets) -> torch.Tensor:
         if self.transform is None:
             logits, wanted = self.model_logits(input_ids, position_ids, targets)
