@@ -97,8 +97,9 @@ def test_sigkill_at_many_points_then_resume_gives_the_same_run(tmp_path, tiny_mo
     deadline = time.monotonic() + 120
     while 6 not in steps_logged(run) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert proc.poll() is None and 6 in steps_logged(run)  # still running when step 6 appeared
     proc.kill()
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL  # killed by the test, not finished on its own
     # 4. resumed to the end
     done = sftlab("train", str(config), out, "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -165,3 +166,64 @@ def test_restart_starts_over_even_with_resume_auto(tmp_path, tiny_model_dir, ref
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert "resumed from" not in restarted.stdout
     assert_same_as_reference(run, reference)  # a fresh run from step 0, not a continuation
+
+
+# ---------------------------------------------------------------------------------------------
+# The path every default run takes: LoRA dropout 0, so the fused LoRA function (not peft's own
+# forward) trains; bf16 autocast with a bf16-stored frozen base where the hardware has it.
+# "auto" is that default on this machine (bf16 on CPUs with AVX-512 BF16/AMX, else fp32);
+# "bf16" forces what auto picks on such CPUs and on bf16 GPUs, so every machine checks it.
+# Resume is bitwise on both: the same ops in the same order on one thread give the same bits in
+# bf16 as in fp32, and a checkpoint restores the fp32 adapter, AdamW state and RNG exactly.
+
+
+def default_path_config(tmp_path: Path, model_dir: Path, precision: str) -> Path:
+    config = {
+        "model": {"name": str(model_dir)},
+        "data": {"sources": [{"path": str(write_data(tmp_path))}], "eval_rows": 3},
+        "template": {"max_length": 64},
+        "lora": {"r": 4, "alpha": 8},  # dropout: its default
+        "train": {"max_steps": STEPS, "batch_tokens": 64, "grad_accum": 2, "lr": 1e-2,
+                  "precision": precision, "save_every": 1, "keep_last": 2},
+    }  # fmt: skip
+    path = tmp_path / "default.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_default_path_trains_through_the_fused_lora_function(precision, tiny_model_dir, tmp_path):
+    from sftlab.config import load_config
+    from sftlab.model.device import resolve_precision
+    from sftlab.model.load import resolve_model
+    from sftlab.recipes.sft import build_model
+
+    config = load_config(default_path_config(tmp_path, tiny_model_dir, precision))
+    assert config.lora.dropout == 0
+    resolved = resolve_precision(precision, "cpu")
+    model = build_model(config, resolve_model(str(tiny_model_dir)), resolved, "sdpa")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolved == "bf16"):
+        logits = model(input_ids=torch.tensor([[104, 105, 258]])).logits
+    seen, stack = set(), [logits.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(next_fn for next_fn, _ in node.next_functions)
+    fused = [n for n in seen if "_LoraLinearBackward" in type(n).__name__]
+    assert len(fused) == 2 * 7  # every adapted linear (q, k, v, o, gate, up, down) of both layers
+    base = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    assert base.dtype == (torch.bfloat16 if resolved == "bf16" else torch.float32)
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_resume_on_the_default_path_is_bitwise(precision, tiny_model_dir, tmp_path):
+    config = default_path_config(tmp_path, tiny_model_dir, precision)
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    done = sftlab("train", str(config), f"output_dir={reference}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = sftlab("train", str(config), f"output_dir={run}", fault="step:3")
+    assert killed.returncode == -signal.SIGKILL and steps_logged(run) == [1, 2, 3]
+    resumed = sftlab("train", str(config), f"output_dir={run}", "--resume")
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
+    assert_same_as_reference(run, reference)
