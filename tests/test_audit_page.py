@@ -157,3 +157,11 @@ def test_page_in_a_browser_marks_two_rows_and_saves_decisions(audit, browser_pag
     # the saved file is what the review loop applies
     result = apply_review(audit, saved)
     assert (result.dropped, result.restored) == (["a.jsonl:2"], ["a.jsonl:5"])
+
+
+def test_a_long_tail_is_folded_into_the_last_bar():
+    from sftlab.report.page import svg_histogram
+
+    folded = str(svg_histogram([*range(100), 100_000], "tokens"))
+    assert "last bar: 1 row(s)" in folded  # one row far beyond the rest
+    assert "last bar" not in str(svg_histogram(list(range(100)), "tokens"))

@@ -111,12 +111,22 @@ def _rule_rows(audit: dict) -> list[dict]:
         (audit.get("per_rule") or {}).items(), key=lambda kv: -kv[1].get("fired", 0)
     ):
         threshold = thresholds.get(rule, "")
-        if isinstance(threshold, dict):  # {"threshold", "action", ...} as the audit writes it
+        meaning = ""
+        if isinstance(threshold, dict):  # {"threshold", "action", "meaning"} as the audit writes it
             shown = f"{threshold.get('threshold', '')} ({threshold.get('action', '?')})"
+            meaning = threshold.get("meaning", "")
         else:
             shown = json.dumps(threshold) if isinstance(threshold, list) else threshold
         rows.append(
-            {"rule": rule, "fired": 0, "rejected": 0, "review": 0, **counts, "threshold": shown}
+            {
+                "rule": rule,
+                "fired": 0,
+                "rejected": 0,
+                "review": 0,
+                **counts,
+                "threshold": shown,
+                "meaning": meaning,
+            }
         )
     return rows
 
@@ -130,8 +140,7 @@ def _read_rejected(path: Path, wanted: set[str]):
         rid = row_id(record)
         if rid in wanted:
             by_id[rid] = record
-        rules = record.get("rules") or []
-        rule = rules[0]["rule"] if rules else record.get("stage", "rejected")
+        rule = _rejecting_rule(record)
         counts[rule] += 1
         if len(samples[rule]) < MAX_PER_RULE:
             samples[rule].append(_rejected_view(record))
@@ -140,6 +149,14 @@ def _read_rejected(path: Path, wanted: set[str]):
         for rule in sorted(counts, key=lambda r: -counts[r])
     ]
     return by_id, groups
+
+
+def _rejecting_rule(record: dict) -> str:
+    """The rule a rejected row is filed under: the first one its reason names ("rule: why;
+    ..."), as `rules` also lists review-only findings; else the first rule, else the stage."""
+    names = [r.get("rule", "?") for r in record.get("rules") or []]
+    head = str(record.get("reason", "")).split(":", 1)[0]
+    return head if head in names else (names[0] if names else record.get("stage", "rejected"))
 
 
 def _messages(record: dict) -> list[dict]:

@@ -82,7 +82,10 @@ def svg_histogram(
     fig = Figure(figsize=(5.6, 2.5), layout="constrained")
     ax = fig.subplots()
     if len(values):
-        ax.hist(values, bins=bins, color=color, edgecolor="white", linewidth=0.4)
+        shown, top, above = _clip_tail(values)
+        ax.hist(shown, bins=bins, color=color, edgecolor="white", linewidth=0.4)
+        if above:  # a few very long rows would squeeze every other bar into one
+            xlabel += f"  (last bar: {above} row(s) at {top:,.0f} or more)"
     else:
         ax.text(0.5, 0.5, "no rows", ha="center", va="center", transform=ax.transAxes)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # row counts: no 0.5 ticks
@@ -90,6 +93,18 @@ def svg_histogram(
     ax.set_ylabel("rows")
     ax.spines[["top", "right"]].set_visible(False)
     return _svg(fig)
+
+
+def _clip_tail(values: Sequence[float]) -> tuple[list[float], float, int]:
+    """Values with a long tail folded into the last bar: everything above the 99th percentile,
+    when the maximum is more than twice it. Returns (values, where the fold starts, how many)."""
+    import numpy as np
+
+    data = np.asarray(values, dtype=float)
+    top = float(np.percentile(data, 99))
+    if top <= 0 or data.max() <= 2 * top:
+        return data.tolist(), top, 0
+    return np.minimum(data, top).tolist(), top, int((data > top).sum())
 
 
 def _svg(fig) -> Markup:
