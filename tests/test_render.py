@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import CHATML, make_tiny_tokenizer
+from families import expected_supervised
 from sftlab.config import TemplateConfig
 from sftlab.core.errors import RowError, TemplateError
 from sftlab.core.types import IGNORE_INDEX, Conversation, Message, ToolCall
@@ -64,8 +65,15 @@ def test_golden_tiny_two_turns_last_assistant_only(tiny_tokenizer):
 
 @pytest.mark.real
 def test_golden_smollm2(smol_tokenizer):
+    """Pinned ids, backed by the tokenizer's own encoding of the whole rendered text."""
     c = conv(("system", "Be brief."), ("user", "Hi there"), ("assistant", "Hello! How can I help?"))
     ex = renderer_for(smol_tokenizer).encode(c)
+    messages = [{"role": m.role, "content": m.content} for m in c.messages]
+    whole = smol_tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"]
+    assert ex.input_ids.tolist() == whole
+    prompt = smol_tokenizer.apply_chat_template(messages[:2], add_generation_prompt=True)
+    assert ex.labels.tolist()[: len(prompt["input_ids"])] == [X] * len(prompt["input_ids"])
+    assert supervised_text(ex, smol_tokenizer) == ["Hello! How can I help?<|im_end|>"]
     assert ex.input_ids.tolist() == [
         1, 9690, 198, 6077, 5453, 30, 2, 198,
         1, 4093, 198, 26843, 665, 2, 198,
@@ -108,11 +116,25 @@ def any_renderer(request):
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_supervised_text_is_assistant_content_plus_end_of_turn(any_renderer, shape):
+    """Each assistant content + <|im_end|>, less the characters a prompt-side token swallowed
+    when the whole text is tokenized (SmolLM2 joins "assistant\n" to leading spaces)."""
     c = SHAPES[shape]
     ex = any_renderer.encode(c)
+    tok = any_renderer.tokenizer
     prepared, _ = any_renderer.prepare(c)
-    expected = [m.content + "<|im_end|>" for m in prepared if m.role == "assistant"]
-    assert supervised_text(ex, any_renderer.tokenizer) == expected
+    dicts = [{"role": m.role, "content": m.content} for m in prepared]
+    rendered = tok.apply_chat_template(dicts, tokenize=False)
+    expected = [
+        expected_supervised(
+            tok,
+            rendered,
+            tok.apply_chat_template(dicts[:k], tokenize=False, add_generation_prompt=True),
+            m.content + "<|im_end|>",
+        )
+        for k, m in enumerate(prepared)
+        if m.role == "assistant"
+    ]
+    assert supervised_text(ex, tok) == expected
     assert all(
         ex.labels[end - 1] == any_renderer.fmt.end_of_turn_id
         for _, end in supervised_spans(ex.labels)
@@ -121,12 +143,16 @@ def test_supervised_text_is_assistant_content_plus_end_of_turn(any_renderer, sha
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_inference_prompt_is_prefix_of_training_tokens(any_renderer, shape):
+    """Up to its last token, which whole-text tokenization may merge with the answer's first
+    characters; the training row then continues that token's text."""
     c = SHAPES[shape]
     ids = any_renderer.encode(c).input_ids.tolist()
+    decode = any_renderer.tokenizer.decode
     for k, message in enumerate(c.messages):
         if message.role == "assistant":
             prompt = any_renderer.encode_prompt(Conversation(c.messages[:k], c.tools))
-            assert ids[: len(prompt)] == prompt
+            assert ids[: len(prompt) - 1] == prompt[:-1]
+            assert decode(ids[len(prompt) - 1 :]).startswith(decode(prompt[-1:]))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -145,10 +171,10 @@ def test_typed_markers_never_become_special_tokens(any_renderer, shape):
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("shape", [s for s in SHAPES if not s.startswith(("markers", "spaces"))])
+@pytest.mark.parametrize("shape", [s for s in SHAPES if not s.startswith("markers")])
 def test_tokens_match_plain_transformers(smol_tokenizer, shape):
-    """Where no content types a marker, our piecewise tokens equal what plain transformers gets
-    from apply_chat_template(tokenize=True): an exported model sees the same prompts."""
+    """Where no content types a marker, our tokens equal what plain transformers gets from
+    apply_chat_template(tokenize=True): an exported model sees the same prompts."""
     r = renderer_for(smol_tokenizer)
     c = SHAPES[shape]
     prepared, _ = r.prepare(c)
@@ -159,18 +185,24 @@ def test_tokens_match_plain_transformers(smol_tokenizer, shape):
 
 
 @pytest.mark.real
-def test_leading_whitespace_is_why_pieces_are_tokenized_apart(smol_tokenizer):
-    """Whole-text tokenization merges the template's newline with an answer's leading spaces, so
-    the inference prompt would not be a token prefix of the training row; piecewise it is."""
+def test_leading_whitespace_merges_into_the_prompt_as_in_inference(smol_tokenizer):
+    """Whole-text tokenization joins the template's newline to an answer's first space ("\n "):
+    the row keeps that token, as an inference engine tokenizing the history does, and does not
+    supervise it (it starts in the prompt); the prompt is a prefix up to its last token."""
     r = renderer_for(smol_tokenizer)
     c = conv(("user", "q"), ("assistant", "  spaced answer"))
-    prompt = r.encode_prompt(Conversation(c.messages[:1]))
-    assert r.encode(c).input_ids.tolist()[: len(prompt)] == prompt
+    ex = r.encode(c)
     prepared, _ = r.prepare(c)
     whole = smol_tokenizer.apply_chat_template(
         [{"role": m.role, "content": m.content} for m in prepared], tokenize=True
     )["input_ids"]
-    assert whole[: len(prompt)] != prompt
+    assert ex.input_ids.tolist() == whole
+    prompt = r.encode_prompt(Conversation(c.messages[:1]))
+    merged = len(prompt) - 1
+    assert whole[:merged] == prompt[:merged] and whole[merged] != prompt[merged]
+    assert smol_tokenizer.decode(whole[merged : merged + 1]) == "\n "
+    assert ex.labels[merged] == X and ex.labels[merged + 1] != X
+    assert supervised_text(ex, smol_tokenizer) == [" spaced answer<|im_end|>"]
 
 
 # -- policies and per-message flags ----------------------------------------------------------

@@ -13,7 +13,8 @@ from sftlab.config import TemplateConfig
 from sftlab.core.errors import RowError, TemplateError
 from sftlab.core.types import Message, ToolCall
 from sftlab.template import jinja
-from sftlab.template.render import ChatFormat, placeholder, to_template_dict
+from sftlab.template.messages import to_template_dict
+from sftlab.template.render import ChatFormat, placeholder
 
 _PROBE_TOOL = "sftlab_probe_tool"
 
@@ -63,7 +64,9 @@ def _probe(tokenizer, source: str, messages: list[Message], tools=None) -> str:
 def find_end_of_turn(tokenizer, source: str, override: str | None) -> tuple[str, int]:
     """The single token the template writes right after an assistant message's content."""
     text = _probe(tokenizer, source, [Message("user", "x"), Message("assistant", "y")])
-    after = text.split(placeholder(1), 1)[-1]
+    # Llama 2 writes a space before its end of turn (`' ' + eos_token`): the space is part of
+    # the assistant's turn, the token after it ends the turn.
+    after = text.split(placeholder(1), 1)[-1].lstrip(" ")
     if override:
         if not after.startswith(override):
             raise TemplateError(

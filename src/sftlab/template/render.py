@@ -9,38 +9,50 @@ How the supervised spans are found, from the model's own template (DESIGN invari
    assistant's part begins; it ends with the end-of-turn token right after the content.
 3. Render once more with the real contents and check it equals the skeleton with contents put
    back; a template that rewrites or branches on content fails this, and the row is rejected.
-4. Cut the skeleton at those boundaries into pieces. Template pieces are tokenized with special
-   tokens recognised; content pieces as plain text, so a user typing `<|im_end|>` gets text
-   tokens, not a forged turn end. Supervised pieces get labels == ids.
+4. Cut the skeleton at those boundaries into pieces; supervised pieces give character spans.
+5. Tokenize the whole rendered text in one call, as inference engines do (template/wholetext.py:
+   user-typed special tokens stay text), and label the tokens that start inside a span.
 
     skeleton:  <|im_start|>user\\n  [P0]  <|im_end|>\\n<|im_start|>assistant\\n  [P1]  <|im_end|>  \\n
     pieces:    template             user  template                            asst  EOT         template
     labels:    .................................................................xxxxxxxxxxxx.......
 
-Skeleton analysis depends only on the conversation's shape (roles, tool calls, train flags), so
-it is cached per shape; each row then costs one real render and its content tokenization.
+Skeleton analysis depends only on the conversation's shape (roles, empty contents, train flags),
+so it is cached per shape; each row then costs one real render and its tokenization. Rows whose
+template writes tool calls or tool schemas itself (user data inside template text) are analysed
+one by one, so the cache never grows with argument values.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from functools import lru_cache
+from dataclasses import dataclass
 
 import jinja2
 import numpy as np
 
-from sftlab.core.errors import RowError, TemplateError
+from sftlab.core.errors import RowError
 from sftlab.core.types import IGNORE_INDEX, Conversation, Message, TokenizedExample
 from sftlab.template import jinja
-
-_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
-
-
-def placeholder(i: int) -> str:
-    return f"\ue000{i}\ue001"
+from sftlab.template.messages import (
+    fold_tool_calls,
+    fold_tools_into_system,
+    masked_specials,
+    masked_tool_calls,
+    to_template_dict,
+    tool_call_data,
+)
+from sftlab.template.skeleton import (
+    PLACEHOLDER,
+    Piece,
+    Skeleton,
+    cut,
+    fill,
+    placeholder,
+    trimmed_contents,
+)
+from sftlab.template.wholetext import WholeText, first_token_at, token_labels
 
 
 @dataclass(frozen=True)
@@ -54,14 +66,6 @@ class ChatFormat:
     mask: str = "assistant"  # assistant | last_assistant | all
 
 
-@dataclass(frozen=True)
-class Piece:
-    text: str  # template text, or a message index (as text) when is_content
-    is_content: bool
-    supervised: bool
-    turn_end: bool = False  # an assistant turn ends here: a place truncation may cut
-
-
 class Renderer:
     """Renders conversations for one tokenizer and ChatFormat."""
 
@@ -72,12 +76,17 @@ class Renderer:
         self.special_map = {
             k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)
         }
-        self._special, self._plain = _split_tokenizers(tokenizer)
-        self._template_ids: dict[str, tuple[int, ...]] = {}
-        self._skeletons: dict[tuple, list[Piece]] = {}
+        self.whole = WholeText(tokenizer)
+        self._skeletons: dict[tuple, Skeleton] = {}
+        self._guarded: dict[tuple[str, str | None], str] = {}
         bos = tokenizer.bos_token_id
         plain_ids = tokenizer("a", add_special_tokens=True)["input_ids"]
         self.text_bos = bos if bos is not None and plain_ids[:1] == [bos] else None
+
+    @property
+    def cached_shapes(self) -> int:
+        """Conversation shapes analysed so far (rows carrying tool data are not cached)."""
+        return len(self._skeletons)
 
     # -- rendering text -------------------------------------------------------------------
 
@@ -112,30 +121,57 @@ class Renderer:
 
     def skeleton(
         self, messages: list[Message], tools: list | None, generation_prompt: bool
-    ) -> list[Piece]:
-        key = (
-            tuple((m.role, m.train, _calls_json(m)) for m in messages),
-            json.dumps(tools, sort_keys=True) if tools else "",
-            generation_prompt,
-        )
+    ) -> Skeleton:
+        if tools or any(m.tool_calls for m in messages):  # user data in template text: per row
+            return self._analyse(messages, tools, generation_prompt)
+        key = (tuple((m.role, m.train, not m.content) for m in messages), generation_prompt)
         if key not in self._skeletons:
             self._skeletons[key] = self._analyse(messages, tools, generation_prompt)
         return self._skeletons[key]
 
-    def _analyse(self, messages: list[Message], tools, generation_prompt: bool) -> list[Piece]:
-        dicts = [to_template_dict(m, placeholder(i)) for i, m in enumerate(messages)]
+    def _analyse(self, messages: list[Message], tools, generation_prompt: bool) -> Skeleton:
+        # An empty content stays empty: templates branch on it (`{% if message.content %}`).
+        dicts = [
+            to_template_dict(m, placeholder(i) if m.content else "") for i, m in enumerate(messages)
+        ]
         text = self.render_text(dicts, tools, generation_prompt)
-        found = [int(m.group(1)) for m in _PLACEHOLDER.finditer(text)]
+        found = [int(m.group(1)) for m in PLACEHOLDER.finditer(text)]
         for i, m in enumerate(messages):
-            count = found.count(i)
-            if count > 1 or (count == 0 and not (m.role == "assistant" and m.tool_calls)):
+            if m.content and found.count(i) != 1:
                 raise RowError(
-                    f"the chat template renders message {i} ({m.role}) {count} times; expected once"
+                    f"the chat template renders message {i} ({m.role}) {found.count(i)} times; "
+                    "expected once"
                 )
-        spans, turn_ends = self._assistant_spans(messages, dicts, tools, text)
-        return _cut(text, spans, turn_ends, self.fmt.mask == "all")
+        neutral = self._neutral_text(messages, tools, generation_prompt, text)
+        spans, turn_ends = self._assistant_spans(messages, dicts, tools, text, neutral or text)
+        pieces = cut(text, spans, turn_ends, self.fmt.mask == "all", neutral)
+        markers = sum(
+            len(self.whole.markers(p.neutral or p.text)) for p in pieces if not p.is_content
+        )
+        return Skeleton(tuple(pieces), markers)
 
-    def _assistant_spans(self, messages, dicts, tools, text: str):
+    def _neutral_text(self, messages, tools, generation_prompt: bool, text: str) -> str | None:
+        """The skeleton rendered with special-token text in tool names, arguments and schemas
+        masked: where it still has a special token, the template wrote it (None: no such text)."""
+        user_data = json.dumps([tool_call_data(m) for m in messages] + [tools], ensure_ascii=False)
+        if not self.whole.has_special_text(user_data):
+            return None
+        mask = self.whole.pattern
+        masked = [masked_tool_calls(m, mask) for m in messages]
+        dicts = [
+            to_template_dict(m, placeholder(i) if m.content else "") for i, m in enumerate(masked)
+        ]
+        neutral = self.render_text(dicts, masked_specials(tools, mask), generation_prompt)
+        if len(neutral) != len(text) or any(
+            text[a:b] != neutral[a:b] for a, b in self.whole.markers(neutral)
+        ):
+            raise RowError(
+                "a tool name, argument or schema contains special-token text and the chat "
+                "template transforms it, so its own markers cannot be told from the user's"
+            )
+        return neutral
+
+    def _assistant_spans(self, messages, dicts, tools, text: str, neutral: str):
         """[start, end) character spans the model must produce: from the end of the generation
         prompt to the end-of-turn token after the content (tool calls the template writes after
         the content included). Verifies invariant 4 on the way. Also returns the turn ends."""
@@ -153,15 +189,15 @@ class Renderer:
                 )
             mark = text.find(placeholder(k), len(prompt))
             content_end = mark + len(placeholder(k)) if mark >= 0 else len(prompt)
-            end = text.find(eot, content_end)
-            next_content = _PLACEHOLDER.search(text, content_end)
+            end = neutral.find(eot, content_end)  # the template's own, not one in a tool argument
+            next_content = PLACEHOLDER.search(text, content_end)
             if end < 0 or (next_content and next_content.start() < end):
                 raise RowError(f"no end-of-turn token {eot!r} after assistant message {k}")
             turn_ends.append(end + len(eot))
             if k in chosen:
                 spans.append((len(prompt), end + len(eot)))
         for k, m in enumerate(messages):  # non-assistant turns marked train: true, with their end
-            if m.role != "assistant" and m.train:
+            if m.role != "assistant" and m.train and m.content:
                 start = text.index(placeholder(k))
                 end = start + len(placeholder(k))
                 spans.append((start, end + len(eot) if text.startswith(eot, end) else end))
@@ -171,15 +207,15 @@ class Renderer:
 
     def pieces(
         self, conv: Conversation, generation_prompt: bool = False
-    ) -> tuple[list[Piece], list[str]]:
-        """The row's pieces and its message contents (verified against a real render)."""
+    ) -> tuple[Skeleton, list[str]]:
+        """The row's skeleton and its message contents (verified against a real render)."""
         messages, tools = self.prepare(conv)
         skeleton = self.skeleton(messages, tools, generation_prompt)
         contents = [m.content for m in messages]
         real = self.render_text([to_template_dict(m) for m in messages], tools, generation_prompt)
-        if real != _fill(skeleton, contents):
-            contents = [c.strip() for c in contents]  # templates that trim content
-            if real != _fill(skeleton, contents):
+        if real != fill(skeleton.pieces, contents):
+            contents = trimmed_contents(skeleton.pieces, contents, real)
+            if contents is None:
                 raise RowError(
                     "the chat template renders this conversation's content differently from the "
                     "content itself (it rewrites or branches on it), so the assistant's tokens "
@@ -187,70 +223,106 @@ class Renderer:
                 )
         return skeleton, contents
 
-    def template_ids(self, text: str) -> tuple[int, ...]:
-        ids = self._template_ids.get(text)
-        if ids is None:
-            ids = tuple(self._special.encode(text, add_special_tokens=False).ids)
-            self._template_ids[text] = ids
-        return ids
-
-    def content_ids(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._plain.encode_batch(texts, add_special_tokens=False)]
-
-    def assemble(self, pieces: list[Piece], content_ids: dict[int, list[int]]):
-        """Concatenate piece ids; returns ids, labels and the token offsets of turn ends."""
-        ids: list[int] = []
-        labels: list[int] = []
-        turn_ends: list[int] = []
-        for piece in pieces:
-            part = (
-                content_ids[int(piece.text)] if piece.is_content else self.template_ids(piece.text)
-            )
-            ids.extend(part)
-            labels.extend(part if piece.supervised else [IGNORE_INDEX] * len(part))
-            if piece.turn_end:
-                turn_ends.append(len(ids))
-        if len(ids) > 1 and ids[0] == ids[1] == self.tokenizer.bos_token_id:
-            raise RowError("double BOS: the rendered conversation starts with two BOS tokens")
-        return ids, labels, turn_ends
-
     def encode_many(
         self, conversations: Sequence[Conversation], generation_prompt: bool = False
     ) -> list[TokenizedExample | RowError]:
-        """Rows -> examples (or the RowError that rejects each). Every content piece of every row
-        goes to the tokenizer in one batch, which it spreads over the cores."""
-        staged: list = []
-        texts: list[str] = []
+        """Rows -> examples (or the RowError that rejects each). Whole texts go to the tokenizer
+        in one batch, which it spreads over the cores."""
+        out: list = []
+        chat: list[int] = []  # positions in `out` of chat rows that rendered
+        raw: list[int] = []
         for conv in conversations:
             if conv.kind == "text":
-                staged.append((conv, None, len(texts)))
-                texts.append(conv.text)
+                raw.append(len(out))
+                out.append(conv)
                 continue
             try:
-                pieces, contents = self.pieces(conv, generation_prompt)
+                out.append((conv, *self.pieces(conv, generation_prompt)))
+                chat.append(len(out) - 1)
             except RowError as err:
-                staged.append(err)
-                continue
-            needed = sorted({int(p.text) for p in pieces if p.is_content})
-            staged.append((conv, (pieces, needed), len(texts)))
-            texts.extend(contents[i] for i in needed)
-        encoded = self.content_ids(texts) if texts else []
+                out.append(err)
+        for i, result in zip(chat, self._encode_chat([out[i] for i in chat]), strict=True):
+            out[i] = result
+        texts = self.whole.plain.encode_batch([out[i].text for i in raw], add_special_tokens=False)
+        for i, encoding in zip(raw, texts, strict=True):
+            out[i] = self._raw_example(out[i], encoding.ids)
+        return out
+
+    def _encode_chat(self, rows: list[tuple[Conversation, Skeleton, list[str]]]) -> list:
+        """Each row's whole text, tokenized as `tokenizer(text)` does. A row holding more special
+        tokens than its template writes (a user typed one) is encoded again, guarded: only the
+        template's own markers special (template/wholetext.py)."""
+        texts = [fill(skeleton.pieces, contents) for _, skeleton, contents in rows]
+        encodings = self.whole.special.encode_batch(texts, add_special_tokens=False)
+        forged = [
+            k
+            for k, ((_, skeleton, _), encoding) in enumerate(zip(rows, encodings, strict=True))
+            if self.whole.count_specials(encoding.ids) != skeleton.markers
+        ]
+        results: list = [None] * len(rows)
+        guarded: list[int] = []
+        for k in forged:
+            try:
+                self.whole.check_reserved(texts[k])
+                guarded.append(k)
+            except RowError as err:
+                results[k] = err
+        retexts = ["".join(self._parts(*rows[k][1:], guarded=True)) for k in guarded]
+        for k, encoding in zip(guarded, self.whole.encode_guarded(retexts), strict=True):
+            results[k] = self._chat_example(*rows[k], encoding, guarded=True)
+        for k, row in enumerate(rows):
+            if results[k] is None:
+                results[k] = self._chat_example(*row, encodings[k], guarded=False)
+        return results
+
+    def _parts(self, skeleton: Skeleton, contents: list[str], guarded: bool) -> list[str]:
         return [
-            item if isinstance(item, RowError) else self._finish(*item, encoded) for item in staged
+            contents[int(p.text)] if p.is_content else self._guard(p) if guarded else p.text
+            for p in skeleton.pieces
         ]
 
-    def _finish(self, conv: Conversation, layout, offset: int, encoded: list[list[int]]):
-        if layout is None:  # raw text: BOS if the tokenizer uses one, the text, EOS; all supervised
-            ids = ([self.text_bos] if self.text_bos is not None else []) + encoded[offset]
-            if self.tokenizer.eos_token_id is not None:
-                ids.append(self.tokenizer.eos_token_id)
-            return _example(ids, list(ids), conv, [])
-        pieces, needed = layout
-        by_index = {i: encoded[offset + k] for k, i in enumerate(needed)}
-        try:
-            ids, labels, turn_ends = self.assemble(pieces, by_index)
-        except RowError as err:
-            return err
+    def _guard(self, piece: Piece) -> str:
+        """Template text with each of the template's own markers replaced by its sentinel."""
+        key = (piece.text, piece.neutral)
+        if key not in self._guarded:
+            text, out, at = piece.text, [], 0
+            for a, b in self.whole.markers(piece.neutral or text):
+                out += [text[at:a], self.whole.sentinel(text[a:b])]
+                at = b
+            self._guarded[key] = "".join(out) + text[at:]
+        return self._guarded[key]
+
+    def _raw_example(self, conv: Conversation, text_ids: list[int]) -> TokenizedExample:
+        """Raw text: BOS if the tokenizer uses one, the text, EOS; all supervised."""
+        ids = ([self.text_bos] if self.text_bos is not None else []) + text_ids
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        return _example(ids, list(ids), conv, [])
+
+    def _chat_example(
+        self, conv: Conversation, skeleton: Skeleton, contents: list[str], encoding, guarded: bool
+    ) -> TokenizedExample | RowError:
+        """Label the tokens that start inside a supervised piece's characters."""
+        lengths = [len(part) for part in self._parts(skeleton, contents, guarded)]
+        ends = np.cumsum(lengths).tolist()
+        n_chars = ends[-1] if ends else 0
+        spans: list[tuple[int, int]] = []
+        for piece, end, length in zip(skeleton.pieces, ends, lengths, strict=True):
+            if not piece.supervised:
+                continue
+            if spans and spans[-1][1] == end - length:  # adjacent supervised pieces: one span
+                spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((end - length, end))
+        ids = self.whole.marker_ids(encoding.ids) if guarded else encoding.ids
+        labels = token_labels(encoding, ids, spans, n_chars, IGNORE_INDEX)
+        turn_ends = [
+            first_token_at(encoding, end, n_chars)
+            for piece, end in zip(skeleton.pieces, ends, strict=True)
+            if piece.turn_end
+        ]
+        if len(ids) > 1 and ids[0] == ids[1] == self.tokenizer.bos_token_id:
+            return RowError("double BOS: the rendered conversation starts with two BOS tokens")
         return _example(ids, labels, conv, turn_ends)
 
     def encode(self, conv: Conversation) -> TokenizedExample:
@@ -283,30 +355,6 @@ def supervised_turns(messages: list[Message], mask: str) -> set[int]:
     return chosen
 
 
-def _cut(text: str, spans, turn_ends, supervise_all: bool) -> list[Piece]:
-    """Split the skeleton at placeholders, span boundaries and turn ends; mark supervised pieces."""
-    cuts = {0, len(text), *turn_ends}
-    for start, end in spans:
-        cuts.update((start, end))
-    for match in _PLACEHOLDER.finditer(text):
-        cuts.update(match.span())
-    bounds = sorted(cuts)
-    pieces = []
-    for a, b in zip(bounds, bounds[1:], strict=False):
-        match = _PLACEHOLDER.fullmatch(text, a, b)
-        inside = supervise_all or any(s <= a and b <= e for s, e in spans)
-        pieces.append(
-            Piece(
-                match.group(1) if match else text[a:b], bool(match), inside, turn_end=b in turn_ends
-            )
-        )
-    return pieces
-
-
-def _fill(pieces: list[Piece], contents: list[str]) -> str:
-    return "".join(contents[int(p.text)] if p.is_content else p.text for p in pieces)
-
-
 def _example(ids, labels, conv, turn_ends) -> TokenizedExample:
     return TokenizedExample(
         np.asarray(ids, dtype=np.int32),
@@ -314,67 +362,3 @@ def _example(ids, labels, conv, turn_ends) -> TokenizedExample:
         conv.source,
         turn_ends=tuple(turn_ends),
     )
-
-
-def to_template_dict(message: Message, content: str | None = None) -> dict:
-    out = {"role": message.role, "content": message.content if content is None else content}
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in message.tool_calls
-        ]
-    return out
-
-
-def _calls_json(message: Message) -> str:
-    if not message.tool_calls:
-        return ""
-    return json.dumps([[c.name, c.arguments] for c in message.tool_calls], sort_keys=True)
-
-
-def fold_tool_calls(message: Message) -> Message:
-    """Templates without tool support drop `tool_calls`; write them into the content instead
-    (Hermes-style tags) so the model still learns to emit them."""
-    if not message.tool_calls:
-        return message
-    calls = "\n".join(
-        "<tool_call>\n"
-        + json.dumps({"name": c.name, "arguments": c.arguments}, ensure_ascii=False)
-        + "\n</tool_call>"
-        for c in message.tool_calls
-    )
-    content = f"{message.content}\n{calls}" if message.content else calls
-    return replace(message, content=content, tool_calls=())
-
-
-def fold_tools_into_system(messages: list[Message], tools: list) -> list[Message]:
-    schema = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
-    note = (
-        'You can call these tools. To call one, answer with <tool_call>{"name": ..., '
-        f'"arguments": {{...}}}}</tool_call>.\n<tools>\n{schema}\n</tools>'
-    )
-    if messages and messages[0].role == "system":
-        first = messages[0]
-        return [replace(first, content=f"{first.content}\n\n{note}"), *messages[1:]]
-    return [Message("system", note), *messages]
-
-
-@lru_cache(maxsize=8)
-def _tokenizer_pair(serialized: str):
-    from tokenizers import Tokenizer
-
-    special = Tokenizer.from_str(serialized)
-    special.encode_special_tokens = False
-    plain = Tokenizer.from_str(serialized)
-    plain.encode_special_tokens = True  # content: `<|im_end|>` typed by a user stays text
-    return special, plain
-
-
-def _split_tokenizers(tokenizer):
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise TemplateError(
-            f"{type(tokenizer).__name__} has no fast (Rust) backend; sftlab needs a fast tokenizer "
-            "to keep message content from being parsed as special tokens"
-        )
-    return _tokenizer_pair(backend.to_str())
