@@ -6,7 +6,6 @@ reported at once, each with the YAML line it came from, before any model or data
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +14,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from sftlab.core.errors import ConfigError
 from sftlab.core.paths import candidates, find
+from sftlab.core.yamlfile import Loader as _Loader
+from sftlab.core.yamlfile import duplicate_keys as _duplicate_keys
+from sftlab.core.yamlfile import key_lines as _key_lines
+from sftlab.core.yamlfile import load_yaml as _load_yaml
 
 
 def _bool_or_auto(value):
@@ -180,56 +183,6 @@ DEFAULT_BATCH_TOKENS = 1024
 
 # ---------------------------------------------------------------------------------------------
 # Loading: YAML text -> dict (remembering each key's line) -> overrides -> validated RunConfig
-
-
-def _key_lines(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
-    """Map each key path (('train', 'lr'), ('data', 'sources', 0, 'path')) to its 1-based line."""
-    out = {} if out is None else out
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key_path = (*path, key_node.value)
-            out[key_path] = key_node.start_mark.line + 1
-            _key_lines(value_node, key_path, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out[(*path, i)] = item.start_mark.line + 1
-            _key_lines(item, (*path, i), out)
-    return out
-
-
-def _duplicate_keys(node: yaml.Node, source: str, path: tuple = ()) -> list[str]:
-    """YAML keeps the last of two equal keys without a word; report each repeat instead."""
-    problems = []
-    if isinstance(node, yaml.MappingNode):
-        first_line: dict = {}
-        for key_node, value_node in node.value:
-            key_path, line = (*path, key_node.value), key_node.start_mark.line + 1
-            if key_node.value in first_line:
-                problems.append(
-                    f"{source}:{line}: {'.'.join(map(str, key_path))}: duplicate key "
-                    f"(first at line {first_line[key_node.value]}; YAML would keep only the last)"
-                )
-            first_line.setdefault(key_node.value, line)
-            problems += _duplicate_keys(value_node, source, key_path)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            problems += _duplicate_keys(item, source, (*path, i))
-    return problems
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-4` (no dot) as a string; learning rates are written that way."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -435,30 +388,3 @@ def load_config(
 
 def to_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-
-
-def load_hygiene_config(path: str | Path) -> HygieneConfig:
-    """An audit config: a run config's `hygiene:` section, or the same keys at the top level."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=_Loader)
-        tree = _load_yaml(text) or {}
-    except FileNotFoundError:
-        raise ConfigError([f"file not found: {path}"], source) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], source) from None
-    if not isinstance(tree, dict):
-        raise ConfigError(["expected a mapping of hygiene settings (actions:, thresholds:, ...)"], source)
-    lines = _key_lines(node) if node is not None else {}
-    prefix: tuple = ("hygiene",) if "hygiene" in tree else ()
-    section = tree["hygiene"] if prefix else tree
-    try:
-        return HygieneConfig.model_validate(section or {})
-    except ValidationError as exc:
-        problems = [
-            _describe((*prefix, *err["loc"]), "unknown key" if err["type"] == "extra_forbidden"
-                      else err["msg"], lines, source)
-            for err in exc.errors()
-        ]  # fmt: skip
-        raise ConfigError(problems, source) from None
