@@ -36,7 +36,8 @@ class Strict(BaseModel):
 
 class ModelConfig(Strict):
     name: str = "default"
-    """`default` (the embedded SmolLM2-135M-Instruct), a local model folder, a .gguf file, or a hub id."""
+    """`default` (the embedded SmolLM2-135M-Instruct), a local model folder or .gguf file (a
+    relative path: from the config's folder, else the current one), or a hub id."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Storage dtype of frozen weights. auto: bf16 for LoRA where bf16 is fast, else fp32."""
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
