@@ -154,6 +154,35 @@ class ExportConfig(Strict):
     """Also write a merged model (safetensors + tokenizer + chat template) to RUN/merged."""
 
 
+class HygieneConfig(Strict):
+    """`hygiene:`: the audit of `sftlab data audit`; in a run, the stage that sets bad rows aside
+    before rendering, so training sees the audited set. Rule names: sftlab.hygiene.settings."""
+
+    actions: dict[str, Literal["reject", "review", "off"]] = {}
+    """Per-rule action overriding its default, e.g. {slop: review, looping: off}."""
+    thresholds: dict[str, float] = {}
+    """Per-rule threshold overriding its default, e.g. {near_duplicate: 0.9}."""
+    slop_phrases: str | None = None
+    """A phrase file (one phrase a line, # comments) replacing the built-in list."""
+    extra_slop_phrases: list[str] = []
+    """Phrases added to the list in use."""
+    refusal_tags: list[str] = ["refusal"]
+    """Rows whose `tags` hold one of these are intended refusals: the refusal rule spares them."""
+    eval_files: list[str] = []
+    """Evaluation files: training rows that overlap them are rejected (contamination)."""
+    contamination_ngram: int = Field(default=8, ge=3)
+    """Words per n-gram when comparing training rows with eval rows."""
+
+    @model_validator(mode="after")
+    def _known_rules(self) -> HygieneConfig:
+        from sftlab.hygiene.settings import RULES
+
+        unknown = sorted(set(self.actions) - set(RULES) | set(self.thresholds) - set(RULES))
+        if unknown:
+            raise ValueError(f"unknown rule(s) {unknown}; known rules: {', '.join(RULES)}")
+        return self
+
+
 class RunConfig(Strict):
     name: str = "run"
     output_dir: str | None = None
@@ -165,6 +194,8 @@ class RunConfig(Strict):
     lora: LoraConfig = LoraConfig()
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
+    hygiene: HygieneConfig | None = None
+    """When set, the data hygiene audit runs before rendering (outputs in RUN/audit)."""
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or Path("runs") / self.name)
@@ -389,3 +420,30 @@ def load_config(
 
 def to_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def load_hygiene_config(path: str | Path) -> HygieneConfig:
+    """An audit config: a run config's `hygiene:` section, or the same keys at the top level."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=_Loader)
+        tree = _load_yaml(text) or {}
+    except FileNotFoundError:
+        raise ConfigError([f"file not found: {path}"], source) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], source) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(["expected a mapping of hygiene settings (actions:, thresholds:, ...)"], source)
+    lines = _key_lines(node) if node is not None else {}
+    prefix: tuple = ("hygiene",) if "hygiene" in tree else ()
+    section = tree["hygiene"] if prefix else tree
+    try:
+        return HygieneConfig.model_validate(section or {})
+    except ValidationError as exc:
+        problems = [
+            _describe((*prefix, *err["loc"]), "unknown key" if err["type"] == "extra_forbidden"
+                      else err["msg"], lines, source)
+            for err in exc.errors()
+        ]  # fmt: skip
+        raise ConfigError(problems, source) from None

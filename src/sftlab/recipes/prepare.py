@@ -42,13 +42,14 @@ def prepare_data(config: RunConfig, base_dir: Path | None, say=print) -> Prepare
     renderer = Renderer(tokenizer, build_chat_format(tokenizer, config.template))
     files = [str(resolve_path(s.path, base_dir)) for s in config.data.sources]
     sources = [{"file": f, "sha256": hash_path(f)} for f in files]
-    folder = cache_root() / "data" / cache_key(config, sources, renderer)
+    audited = audit_sources(config, base_dir, tokenizer, ref.name, say) if config.hygiene else None
+    folder = cache_root() / "data" / cache_key(config, sources, renderer, audited)
     hit = cache.load(folder) if config.data.cache else None
     if hit is not None:
         train, eval_, rejected, report = hit
         prepared = Prepared(ref, tokenizer, renderer, train, eval_, rejected, report, sources, True)
     else:
-        prepared = render_data(config, base_dir, ref, tokenizer, renderer, sources)
+        prepared = render_data(config, base_dir, ref, tokenizer, renderer, sources, audited)
         if config.data.cache:
             cache.store(folder, prepared.train, prepared.eval, prepared.rejected, prepared.report)
     r = prepared.report
@@ -61,8 +62,22 @@ def prepare_data(config: RunConfig, base_dir: Path | None, say=print) -> Prepare
     return prepared
 
 
-def cache_key(config: RunConfig, sources: list[dict], renderer: Renderer) -> str:
+def audit_sources(config: RunConfig, base_dir, tokenizer, tokenizer_name: str, say) -> list:
+    """The hygiene stage: each source minus the rows the audit rejects; outputs in RUN/audit."""
+    from sftlab.hygiene.length import tokenizer_counter
+    from sftlab.hygiene.run import audit_for_training
+
+    return audit_for_training(
+        config.data.sources, config.hygiene, base_dir, config.run_dir() / "audit",
+        tokenizer_counter(tokenizer), tokenizer_name, say,
+    )  # fmt: skip
+
+
+def cache_key(config: RunConfig, sources: list[dict], renderer: Renderer, audited=None) -> str:
     """Everything the rendered data depends on; anything else may change without a re-render."""
+    # With hygiene, which rows survived the audit (and why the others did not) is part of it.
+    kept = None if audited is None else [[s.file, [c.source.index for c in s.conversations],
+                                           [(r.index, r.reason) for r in s.rejected]] for s in audited]  # fmt: skip
     return hash_json({
         "cache_version": cache.CACHE_VERSION,
         "sftlab": __version__,
@@ -73,13 +88,13 @@ def cache_key(config: RunConfig, sources: list[dict], renderer: Renderer) -> str
         "template": config.template.model_dump(),
         "chat_format": renderer.fmt.__dict__,
         "tokenizer": hash_text(renderer.tokenizer.backend_tokenizer.to_str()),
-    })[:32]  # fmt: skip
+    } | ({"hygiene": kept} if kept is not None else {}))[:32]  # fmt: skip
 
 
 def render_data(
-    config: RunConfig, base_dir, ref, tokenizer, renderer: Renderer, sources
+    config: RunConfig, base_dir, ref, tokenizer, renderer: Renderer, sources, audited=None
 ) -> Prepared:
-    loaded = [load_source(source, base_dir) for source in config.data.sources]
+    loaded = audited or [load_source(source, base_dir) for source in config.data.sources]
     d, t = config.data, config.template
     mixture = build_mixture(
         loaded, [(s.ratio, s.rows) for s in d.sources], d.eval_fraction, d.eval_rows, d.seed

@@ -1,0 +1,202 @@
+"""The audit: every row read fine is judged by every rule; each ends kept, kept for review, or
+rejected with the rules that fired.
+
+    files ──load_input──► rows ──row_text──► RowText (+ token counts)
+          ──per-row rules──► findings ──length ratio, contamination, duplicates──► findings
+          ──model scores (optional)──► surprising tokens (review), --select N by IFD
+          ──► verdicts: rejected if any finding's action is reject; review if any is review
+
+Per source, kept + rejected == rows in the file (unreadable rows count as rejected, as in a
+training run); `audit()` checks it before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sftlab.core.types import Conversation
+from sftlab.hygiene.contamination import EvalIndex, contamination
+from sftlab.hygiene.dedup import find_duplicates
+from sftlab.hygiene.length import TokenCounter, approximate_tokens, length_ratio
+from sftlab.hygiene.load import AuditRow, LoadedSource
+from sftlab.hygiene.rules import RuleSettings, run_row_rules
+from sftlab.hygiene.text import Finding, RowText, RuleContext, row_text
+
+Scorer = Callable[[list[Conversation]], Sequence[Any]]  # -> RowScore per row (model_scores)
+
+
+@dataclass
+class AuditOptions:
+    settings: RuleSettings
+    context: RuleContext = field(default_factory=RuleContext)
+    count_tokens: TokenCounter = approximate_tokens
+    tokenizer_name: str = "approximate (words and punctuation)"
+    eval_index: EvalIndex | None = None
+    scorer: Scorer | None = None
+    model_name: str | None = None
+    select: int | None = None
+
+
+@dataclass
+class Verdict:
+    findings: list[Finding] = field(default_factory=list)
+    rejected: bool = False
+    review: bool = False
+
+    @property
+    def duplicate_of(self) -> str | None:
+        return next((f.extra["duplicate_of"] for f in self.findings if "duplicate_of" in f.extra), None)
+
+
+@dataclass
+class AuditResult:
+    sources: list[LoadedSource]
+    rows: list[AuditRow]
+    texts: list[RowText]
+    verdicts: list[Verdict]
+    settings: RuleSettings
+    clusters: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    tokenizer_name: str = ""
+    model_scores: dict | None = None
+
+    def kept(self, source: LoadedSource) -> list[Conversation]:
+        return [r.conversation for r, v in zip(self.rows, self.verdicts, strict=True)
+                if not v.rejected and r.conversation.source.file == source.file]  # fmt: skip
+
+
+def audit(sources: list[LoadedSource], options: AuditOptions) -> AuditResult:
+    start = time.perf_counter()
+    rows = [row for source in sources for row in source.rows]
+    texts = [row_text(r.conversation, r.id, r.tags) for r in rows]
+    counts = options.count_tokens([t.prompt for t in texts] + [t.response for t in texts])
+    for i, t in enumerate(texts):
+        t.prompt_tokens, t.response_tokens = counts[i], counts[len(texts) + i]
+    timings = {"tokens": time.perf_counter() - start}
+    settings, clock = options.settings, time.perf_counter()
+    findings = [run_row_rules(t, settings, options.context) for t in texts]
+    if settings.on("length_ratio"):
+        _add(findings, _length_ratio_per_source(rows, texts, settings.thresholds["length_ratio"]))
+    timings["rules"], clock = time.perf_counter() - clock, time.perf_counter()
+    if options.eval_index is not None and settings.on("contamination"):
+        threshold = settings.thresholds["contamination"]
+        _add(findings, [contamination([t.prompt, t.response], options.eval_index, threshold)
+                        for t in texts])  # fmt: skip
+    timings["contamination"], clock = time.perf_counter() - clock, time.perf_counter()
+    clusters = _deduplicate(texts, findings, settings)
+    timings["dedup"], clock = time.perf_counter() - clock, time.perf_counter()
+    model_scores = None
+    if options.scorer is not None:
+        model_scores = _model_findings(rows, findings, options)
+        timings["model"] = time.perf_counter() - clock
+    verdicts = [_verdict(f, settings) for f in findings]
+    result = AuditResult(sources, rows, texts, verdicts, settings, clusters, timings,
+                         options.tokenizer_name, model_scores)  # fmt: skip
+    check_totals(result)
+    timings["total"] = time.perf_counter() - start
+    return result
+
+
+def _add(findings: list[list[Finding]], extra: Sequence[Finding | None]) -> None:
+    for row_findings, finding in zip(findings, extra, strict=True):
+        if finding is not None:
+            row_findings.append(finding)
+
+
+def _length_ratio_per_source(rows: list[AuditRow], texts: list[RowText], threshold: float) -> list:
+    """Typical lengths differ between sources (math vs chat): judge each against its own."""
+    out: list[Finding | None] = [None] * len(texts)
+    by_file: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_file.setdefault(row.conversation.source.file, []).append(i)
+    for members in by_file.values():
+        for i, finding in zip(members, length_ratio([texts[i] for i in members], threshold), strict=True):
+            out[i] = finding
+    return out
+
+
+def _verdict(findings: list[Finding], settings: RuleSettings) -> Verdict:
+    actions = {settings.actions[f.rule] for f in findings}
+    rejected = "reject" in actions
+    return Verdict(findings, rejected, not rejected and "review" in actions)
+
+
+def _rank(findings: list[Finding], text: RowText, position: int, settings: RuleSettings) -> tuple:
+    """Lower is better: fewer rejecting problems, fewer review flags, a longer answer, first seen."""
+    rejecting = sum(settings.actions[f.rule] == "reject" for f in findings)
+    return (rejecting, len(findings) - rejecting, -text.response_tokens, position)
+
+
+def _deduplicate(texts: list[RowText], findings: list[list[Finding]], settings: RuleSettings) -> list[dict]:
+    exact, near = settings.on("exact_duplicate"), settings.on("near_duplicate")
+    if not (exact or near) or not texts:
+        return []
+    dup_findings, clusters = find_duplicates(
+        [f"{t.context}\n{t.response}" for t in texts],  # system prompt, tool results count too
+        [_rank(f, t, i, settings) for i, (f, t) in enumerate(zip(findings, texts, strict=True))],
+        [t.id for t in texts],
+        settings.thresholds["exact_duplicate"] if exact else None,
+        settings.thresholds["near_duplicate"] if near else None,
+    )
+    _add(findings, dup_findings)
+    return [{"kept": texts[c.kept].id, "rejected": [texts[i].id for i in c.members]} for c in clusters]
+
+
+def _model_findings(rows: list[AuditRow], findings: list[list[Finding]], options: AuditOptions) -> dict:
+    """Score the rows the rules keep; flag surprising tokens; keep the --select N best by IFD.
+
+    Best by IFD follows Li et al. (2024): the highest IFD below 1 (the prompt helps, but the
+    answer is not trivial given it); rows at or above 1 (the prompt does not help) come last.
+    """
+    settings = options.settings
+    alive = [i for i, f in enumerate(findings) if not _verdict(f, settings).rejected]
+    scores = options.scorer([rows[i].conversation for i in alive])
+    for i, score in zip(alive, scores, strict=True):
+        tokens = [t.to_json() for t in getattr(score, "surprising", [])]
+        if tokens and settings.on("surprising_tokens"):
+            shown = ", ".join(repr(t["text"]) for t in tokens[:5])
+            findings[i].append(Finding("surprising_tokens", float(len(tokens)), settings.thresholds["surprising_tokens"],
+                                       f"{len(tokens)} answer token(s) far out of the model's distribution: {shown}",
+                                       {"tokens": tokens}))  # fmt: skip
+    if options.select is not None and settings.on("not_selected"):
+        _select(alive, scores, findings, options.select)
+    return {"model": options.model_name, "tokens_per_s": float(getattr(scores, "tokens_per_s", 0.0)),
+            "ifd": {rows[i].id: _finite(s.ifd) for i, s in zip(alive, scores, strict=True)}}  # fmt: skip
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 4) if value is not None and math.isfinite(value) else None
+
+
+def _select(alive: list[int], scores: Sequence[Any], findings: list[list[Finding]], n: int) -> None:
+    def key(k: int) -> tuple:
+        ifd = scores[k].ifd
+        usable = ifd is not None and math.isfinite(ifd) and ifd < 1
+        return (0, -ifd) if usable else (1, 0.0)
+
+    order = sorted(range(len(alive)), key=key)
+    cut = scores[order[n - 1]].ifd if 0 < n <= len(order) else float("nan")
+    for k in order[n:]:
+        ifd = scores[k].ifd
+        findings[alive[k]].append(Finding(
+            "not_selected", ifd if ifd is not None and math.isfinite(ifd) else float("nan"), cut,
+            f"IFD {ifd:.3f} is not among the {n} best (the {n}-th best is {cut:.3f}; best = highest below 1)",
+        ))  # fmt: skip
+
+
+def check_totals(result: AuditResult) -> None:
+    """Nothing is lost: per source, kept + rejected == the rows the file holds."""
+    for source in result.sources:
+        judged = [v for r, v in zip(result.rows, result.verdicts, strict=True)
+                  if r.conversation.source.file == source.file]  # fmt: skip
+        kept = sum(not v.rejected for v in judged)
+        rejected = sum(v.rejected for v in judged) + len(source.unreadable)
+        if kept + rejected != source.n_input:
+            raise RuntimeError(
+                f"audit lost rows of {source.file}: {kept} kept + {rejected} rejected != "
+                f"{source.n_input} rows read"
+            )
