@@ -3,6 +3,7 @@
 "use strict";
 (function () {
   const decisions = new Map();
+  let unsaved = false; // decisions changed since the last download
   const save = document.getElementById("save-decisions");
   const clear = document.getElementById("clear-decisions");
   const count = document.getElementById("decision-count");
@@ -29,11 +30,13 @@
     } else {
       decisions.set(id, button.dataset.decision);
     }
+    unsaved = true;
     show();
   });
 
   clear.addEventListener("click", function () {
     decisions.clear();
+    unsaved = false;
     show();
   });
 
@@ -47,7 +50,16 @@
     document.body.appendChild(link);
     link.click();
     link.remove();
+    unsaved = false;
     setTimeout(function () { URL.revokeObjectURL(link.href); }, 10000);
+  });
+
+  // The decisions live only in this page until saved: ask before a reload or close loses them.
+  window.addEventListener("beforeunload", function (event) {
+    if (unsaved && decisions.size) {
+      event.preventDefault();
+      event.returnValue = "";
+    }
   });
 
   show();
