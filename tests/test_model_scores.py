@@ -50,7 +50,7 @@ def test_losses_equal_a_plain_forward_on_hand_built_tokens(tiny_tokenizer):
     renderer = Renderer(tiny_tokenizer, build_chat_format(tiny_tokenizer, TemplateConfig()))
     rows = [conv("add 2 and 2", "four"), conv("hi", "hello there", line=2)]
 
-    scores = score_rows(rows, model, tiny_tokenizer, renderer, progress=False)
+    scores = score_rows(rows, model, tiny_tokenizer, renderer, progress=False, precision="fp32")
 
     def turn(role: str, text: str) -> list[int]:
         return [257, *f"{role}\n{text}".encode()]
@@ -146,7 +146,8 @@ def smol_scores(smol_path, smol_tokenizer):
     matched = [conv(p, r, "pairs.jsonl", i + 1) for i, (p, r) in enumerate(PAIRS)]
     swapped = [conv(PAIRS[(i + 1) % 3][0], PAIRS[i][1], "swapped.jsonl", i + 1) for i in range(3)]
     rows = clean + [g for g, _ in garbage] + matched + swapped
-    scores = score_rows(rows, model, smol_tokenizer, renderer, progress=True)
+    # fp32 everywhere, so that the plain-forward comparison is exact on bf16-capable CPUs too
+    scores = score_rows(rows, model, smol_tokenizer, renderer, progress=True, precision="fp32")
     return {
         "model": model, "tokenizer": smol_tokenizer, "scores": scores, "rows": rows,
         "clean": scores[:12], "garbage": list(zip(garbage, scores[12:15], strict=True)),
