@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sftlab.core.errors import ConfigError
 from sftlab.core.paths import candidates, find
@@ -173,14 +181,15 @@ class HygieneConfig(Strict):
     contamination_ngram: int = Field(default=8, ge=3)
     """Words per n-gram when comparing training rows with eval rows."""
 
-    @model_validator(mode="after")
-    def _known_rules(self) -> HygieneConfig:
+    @field_validator("actions", "thresholds")
+    @classmethod
+    def _known_rules(cls, value: dict) -> dict:
         from sftlab.hygiene.settings import RULES
 
-        unknown = sorted(set(self.actions) - set(RULES) | set(self.thresholds) - set(RULES))
+        unknown = sorted(set(value) - set(RULES))
         if unknown:
             raise ValueError(f"unknown rule(s) {unknown}; known rules: {', '.join(RULES)}")
-        return self
+        return value
 
 
 class RunConfig(Strict):

@@ -44,7 +44,7 @@ FUNCTION_WORDS = {
 }
 # Only words that name one language count: a word in two lists ("que", "is") says nothing, nor
 # does a non-English word that is also an English word ("as", "do", "die", "is").
-_ENGLISH_LOOKALIKES = {"as", "do", "die", "is", "on", "a", "e", "in", "me", "no", "lo", "con"}
+_ENGLISH_LOOKALIKES = {"as", "do", "die", "is", "on", "a", "e", "in", "me", "no", "lo", "con", "per", "op", "den"}
 _ALL = Counter(w for words in FUNCTION_WORDS.values() for w in set(words.split()))
 WORD_LANG = [
     (lang, {w for w in words.split() if _ALL[w] == 1 and (lang == "en" or w not in _ENGLISH_LOOKALIKES)})
@@ -58,6 +58,7 @@ CJK_WEIGHT = 3  # one Han/kana/Hangul character carries about a word: ~3 Latin l
 MIN_LETTERS = 20
 MIN_PROMPT_LETTERS = 8  # "What is DNA?" says which script the user writes in
 MIN_FUNCTION_WORDS = 6
+MIN_PROMPT_FUNCTION_WORDS = 4  # prompts are short; the answer must still be clearly other
 ASKS_LANGUAGE = re.compile(
     r"translat|traduc|tradu|übersetz|перев|翻译|翻譯|译|英文|英语|中文|日语|日本語|韩语|法语|德语|"
     r"\b(?:in|into|to) (?:english|chinese|french|german|spanish|portuguese|italian|dutch|japanese|"
@@ -79,7 +80,7 @@ def script_of(text: str, min_letters: int = MIN_LETTERS) -> tuple[str | None, fl
     return name, counts[name] / total
 
 
-def latin_language(text: str) -> str | None:
+def latin_language(text: str, min_words: int = MIN_FUNCTION_WORDS) -> str | None:
     """The language whose function words are clearly most frequent, or None when unsure."""
     scores: Counter[str] = Counter()
     for word in words_of(text):
@@ -87,7 +88,7 @@ def latin_language(text: str) -> str | None:
             scores[lang] += 1
     ranked = scores.most_common(2) + [("", 0), ("", 0)]
     (lang, best), (_, second) = ranked[0], ranked[1]
-    return lang if best >= MIN_FUNCTION_WORDS and best >= 2 * second else None
+    return lang if best >= min_words and best >= 2 * second else None
 
 
 def language_mismatch(row: RowText, threshold: float, ctx: RuleContext) -> Finding | None:
@@ -105,7 +106,7 @@ def language_mismatch(row: RowText, threshold: float, ctx: RuleContext) -> Findi
                                f"turn {i + 1}: the prompt is in {asked} script, the answer in {got}")  # fmt: skip
             if asked != "Latin" or got != "Latin":
                 continue
-        said = latin_language(prompt_text)
+        said = latin_language(prompt_text, MIN_PROMPT_FUNCTION_WORDS)
         if said:
             answered = latin_language(answer_text)
             if answered and said != answered:

@@ -45,8 +45,9 @@ def phrase_hits(row: RowText, pattern: re.Pattern | None) -> list[str]:
         return row.slop_hits
     hits = [m.group() for m in pattern.finditer(row.response.lower())] if pattern else []
     if hits and row.prompt:
-        asked = {m.group() for m in pattern.finditer(row.prompt.lower())}
-        hits = [h for h in hits if h not in asked]
+        # "delve into its history" in the prompt spares "let's delve" in the answer too.
+        asked = {w for m in pattern.finditer(row.prompt.lower()) for w in m.group().split() if len(w) > 3}
+        hits = [h for h in hits if not asked & set(h.split())]
     row.slop_hits = hits
     return hits
 
