@@ -165,3 +165,20 @@ def test_a_long_tail_is_folded_into_the_last_bar():
     folded = str(svg_histogram([*range(100), 100_000], "tokens"))
     assert "last bar: 1 row(s)" in folded  # one row far beyond the rest
     assert "last bar" not in str(svg_histogram(list(range(100)), "tokens"))
+
+
+def test_reading_only_some_rows_finds_them_by_their_real_id(tmp_path):
+    from sftlab.report.audit_page import read_jsonl
+
+    records = [
+        {"id": 'odd "name".jsonl:1', "messages": []},
+        {"id": "b.jsonl:2", "messages": [{"role": "user", "content": '"id": "c.jsonl:3"'}]},
+        {"id": "c.jsonl:3", "messages": []},
+        {"source": "d.jsonl", "line": 4, "messages": []},  # no id: "<file>:<line>"
+    ]
+    path = tmp_path / "kept.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    wanted = {'odd "name".jsonl:1', "c.jsonl:3", "d.jsonl:4"}
+    found = list(read_jsonl(path, only=wanted))
+    assert found == [records[0], records[2], records[3]]
+    assert list(read_jsonl(path)) == records

@@ -16,6 +16,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import jinja2
+import numpy as np
 from markupsafe import Markup, escape
 
 from sftlab.core.io import write_text_atomic
@@ -83,7 +84,10 @@ def svg_histogram(
     ax = fig.subplots()
     if len(values):
         shown, top, above = _clip_tail(values)
-        ax.hist(shown, bins=bins, color=color, edgecolor="white", linewidth=0.4)
+        # np.histogram, then bars: ax.hist converts a 50,000-value list element by element (~1 s)
+        counts, edges = np.histogram(shown, bins=bins)
+        ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color=color,
+               edgecolor="white", linewidth=0.4)  # fmt: skip
         if above:  # a few very long rows would squeeze every other bar into one
             xlabel += f"  (last bar: {above} row(s) at {top:,.0f} or more)"
     else:
@@ -95,16 +99,14 @@ def svg_histogram(
     return _svg(fig)
 
 
-def _clip_tail(values: Sequence[float]) -> tuple[list[float], float, int]:
+def _clip_tail(values: Sequence[float]) -> tuple[np.ndarray, float, int]:
     """Values with a long tail folded into the last bar: everything above the 99th percentile,
     when the maximum is more than twice it. Returns (values, where the fold starts, how many)."""
-    import numpy as np
-
     data = np.asarray(values, dtype=float)
     top = float(np.percentile(data, 99))
     if top <= 0 or data.max() <= 2 * top:
-        return data.tolist(), top, 0
-    return np.minimum(data, top).tolist(), top, int((data > top).sum())
+        return data, top, 0
+    return np.minimum(data, top), top, int((data > top).sum())
 
 
 def _svg(fig) -> Markup:
