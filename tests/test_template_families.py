@@ -18,12 +18,16 @@ digits or CJK text:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 
 from families import FAMILIES, expected_supervised, family_tokenizer
 from sftlab.config import TemplateConfig
-from sftlab.core.types import Conversation, Message
-from sftlab.template.checks import mask_report, supervised_spans
+from sftlab.core.errors import MaskError
+from sftlab.core.types import Conversation, Message, RowRef
+from sftlab.template.checks import mask_report, preflight, supervised_spans
 from sftlab.template.format import build_chat_format
 from sftlab.template.render import Renderer
 
@@ -92,3 +96,40 @@ def test_mask_report_passes_on_every_family(name):
     examples = [renderer.encode(c) for c in conversations]
     report = mask_report(renderer, conversations, examples, [], 0)
     assert report["problems"] == [] and report["whole_text_tokenization_mismatches"] == 0
+
+
+def test_preflight_fails_naming_rows_whose_ids_differ_from_whole_text():
+    """Rows tokenized piece by piece (what sftlab did before) differ from the whole-text encoding
+    on a dummy-prefix tokenizer: the report names them by file:line and the pre-flight stops."""
+    tokenizer = family_tokenizer("mistral")
+    renderer = Renderer(tokenizer, build_chat_format(tokenizer, TemplateConfig()))
+    conversations = [
+        replace(
+            to_conversation(conversation(FAMILIES["mistral"], c)),
+            source=RowRef("d.jsonl", n, n - 1),
+        )
+        for n, c in enumerate(CONTENTS.values(), start=1)
+    ]
+    examples = [renderer.encode(c) for c in conversations]
+    good = mask_report(renderer, conversations, examples, [], 0)
+    assert good["problems"] == []
+
+    rendered = tokenizer.apply_chat_template(
+        conversation(FAMILIES["mistral"], "Plain"), tokenize=False
+    )
+    cut = rendered.index("Plain", rendered.index("[/INST]"))
+    pieces = [rendered[:cut], rendered[cut:]]  # the prompt and the answer tokenized apart
+    ids = [i for p in pieces for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
+    assert ids != tokenizer(rendered, add_special_tokens=False)["input_ids"]  # "▁Plain" vs "Plain"
+    conversations[0] = replace(conversations[0], messages=to_conversation(
+        conversation(FAMILIES["mistral"], "Plain")
+    ).messages)  # fmt: skip
+    examples[0] = replace(
+        examples[0], input_ids=np.asarray(ids, np.int32), labels=np.asarray(ids, np.int32)
+    )
+    report = mask_report(renderer, conversations, examples, [], 0)
+    assert report["whole_text_tokenization_mismatches"] == 1
+    assert {p["row"] for p in report["problems"]} == {"d.jsonl:1"}
+    assert any("whole rendered text" in p["problem"] for p in report["problems"])
+    with pytest.raises(MaskError, match="d.jsonl:1"):
+        preflight(report)

@@ -256,8 +256,8 @@ class Renderer:
         encodings = self.whole.special.encode_batch(texts, add_special_tokens=False)
         forged = [
             k
-            for k, ((_, skeleton, _), encoding) in enumerate(zip(rows, encodings, strict=True))
-            if self.whole.count_specials(encoding.ids) != skeleton.markers
+            for k, ((_, skeleton, _), text) in enumerate(zip(rows, texts, strict=True))
+            if self.whole.count_specials(text) != skeleton.markers
         ]
         results: list = [None] * len(rows)
         guarded: list[int] = []
@@ -317,7 +317,7 @@ class Renderer:
         ids = self.whole.marker_ids(encoding.ids) if guarded else encoding.ids
         labels = token_labels(encoding, ids, spans, n_chars, IGNORE_INDEX)
         turn_ends = [
-            first_token_at(encoding, end, n_chars)
+            first_token_at(encoding, end, n_chars, len(ids))
             for piece, end in zip(skeleton.pieces, ends, strict=True)
             if piece.turn_end
         ]

@@ -27,8 +27,6 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-import numpy as np
-
 from sftlab.core.errors import RowError, TemplateError
 
 SENTINEL_BASE = 0xF0000  # Supplementary Private Use Area-A: one character per special token
@@ -48,7 +46,6 @@ class WholeText:
         self.special, self.plain = _tokenizer_pair(serialized)
         added = backend.get_added_tokens_decoder()
         self.specials = {t.content: i for i, t in added.items() if t.special}
-        self.special_ids = np.array(sorted(self.specials.values()), dtype=np.int64)
         # Longest first: the tokenizer matches the longest added token at a position.
         alternatives = sorted(self.specials, key=len, reverse=True)
         self.pattern = re.compile("|".join(map(re.escape, alternatives))) if alternatives else None
@@ -62,8 +59,9 @@ class WholeText:
     def has_special_text(self, text: str) -> bool:
         return bool(self.pattern and self.pattern.search(text))
 
-    def count_specials(self, ids: list[int]) -> int:
-        return int(np.isin(np.asarray(ids), self.special_ids).sum())
+    def count_specials(self, text: str) -> int:
+        """Special tokens the tokenizer will find in `text` (it matches longest first, as here)."""
+        return sum(1 for _ in self.pattern.finditer(text)) if self.pattern else 0
 
     # -- the guarded path: template markers become sentinels, every other special is text -------
 
@@ -125,13 +123,12 @@ def _sentinel_tokenizer(serialized: str):
 # -- placing the mask by character offsets ------------------------------------------------------
 
 
-def first_token_at(encoding, pos: int, n_chars: int) -> int:
-    """Index of the first token that starts at or after character `pos` (len(tokens) if none).
+def first_token_at(encoding, pos: int, n_chars: int, n_tokens: int) -> int:
+    """Index of the first token that starts at or after character `pos` (n_tokens if none).
 
     A token that starts before `pos` and reaches past it (the template's "\\n" merged with an
     answer's leading "\\n", a marker that swallows the whitespace after it) belongs to the side
     it starts on."""
-    n_tokens = len(encoding.ids)
     index, at = None, pos
     while index is None and at < n_chars:
         index = encoding.char_to_token(at)
@@ -147,9 +144,9 @@ def first_token_at(encoding, pos: int, n_chars: int) -> int:
 
 def token_labels(encoding, ids: list[int], spans, n_chars: int, ignore: int) -> list[int]:
     """Labels: ids of the tokens that start inside a supervised character span, else `ignore`."""
-    labels = np.full(len(ids), ignore, dtype=np.int64)
-    values = np.asarray(ids)
+    labels = [ignore] * len(ids)
     for start, end in spans:
-        a, b = first_token_at(encoding, start, n_chars), first_token_at(encoding, end, n_chars)
-        labels[a:b] = values[a:b]
-    return labels.tolist()
+        a = first_token_at(encoding, start, n_chars, len(ids))
+        b = first_token_at(encoding, end, n_chars, len(ids))
+        labels[a:b] = ids[a:b]
+    return labels
