@@ -22,7 +22,7 @@ import numpy as np
 from sftlab.core.errors import Rejection
 from sftlab.core.types import RowRef, TokenizedExample
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: rows tokenized as whole texts (template/wholetext.py)
 
 
 def _pack(examples: list[TokenizedExample], files: dict[str, int]) -> dict:
