@@ -69,6 +69,12 @@ def test_drop_and_keep_move_rows_and_the_counts_follow(audit, tmp_path):
     assert summary["per_rule"]["review"] == {"fired": 1, "rejected": 1, "review": 0}
     assert summary["per_rule"]["surprising_tokens"]["review"] == 0
     assert summary["per_rule"]["too_short"]["review"] == 1
+    assert summary["per_rule"]["slop"] == {
+        "fired": 1,
+        "rejected": 1,
+        "review": 0,
+        "kept_in_review": 1,
+    }
     page = (audit / "audit.html").read_text()
     assert "dropped in review" in page  # the page was rebuilt from the new files
     assert "dropped 1" in result.summary() and "a.jsonl:5" in result.summary()

@@ -150,7 +150,7 @@ def restored_record(rejected: dict[str, Any], rid: str) -> dict[str, Any] | None
     return {
         **{k: row[k] for k in ("messages", "tools", "text") if k in row},
         "source": rejected.get("file", "?"), "line": rejected.get("line", 0), "id": rid,
-        "review": f"kept in review over: {', '.join(over)}",
+        "review": f"kept in review over: {', '.join(over)}", "kept_over": over,
     }  # fmt: skip
 
 
@@ -170,6 +170,11 @@ def _recount(audit: dict, kept: dict, rejected: dict, review: list, result: Revi
     per_rule = audit.setdefault("per_rule", {})
     for rule, counts in per_rule.items():  # rows decided on have left the review queue
         counts["review"] = sum(any(w.get("rule") == rule for w in r.get("why", [])) for r in review)
+        overridden = sum(rule in r.get("kept_over", ()) for r in kept.values())
+        if overridden:  # the rule rejected these rows; a person kept them
+            counts["kept_in_review"] = overridden
+        else:
+            counts.pop("kept_in_review", None)
     dropped = sum(r.get("stage") == "review" for r in rejected.values())
     per_rule[REVIEW_RULE] = {"fired": dropped, "rejected": dropped, "review": 0}
     history = audit.setdefault("reviews", [])
