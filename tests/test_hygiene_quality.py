@@ -214,3 +214,16 @@ def test_clean_rows_are_rarely_rejected(audited):
     clean = [i for i, label in enumerate(labels) if label == "clean"]
     rejected = [result.rows[i].id for i in clean if result.verdicts[i].rejected]
     assert len(rejected) <= 0.03 * len(clean), f"clean rows rejected: {rejected}"
+
+
+def test_worker_processes_judge_exactly_as_one_process(audited, tmp_path):
+    labels, _, serial = audited
+    train = next(iter({r.conversation.source.file for r in serial.rows}))
+    evals = str(Path(train).with_name("eval.jsonl"))
+    options = build_options(HygieneConfig(thresholds=THRESHOLDS, eval_files=[evals]))
+    options.workers = 2
+    parallel, _ = run_audit([Path(train)], options, tmp_path / "audit", say=lambda _: None)
+    assert [[f.to_json() for f in v.findings] for v in parallel.verdicts] == [
+        [f.to_json() for f in v.findings] for v in serial.verdicts
+    ]
+    assert [t.slop_hits for t in parallel.texts] == [t.slop_hits for t in serial.texts]

@@ -13,8 +13,11 @@ training run); `audit()` checks it before anything is written.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +29,8 @@ from sftlab.hygiene.load import AuditRow, LoadedSource
 from sftlab.hygiene.rules import RuleSettings, run_row_rules
 from sftlab.hygiene.text import Finding, RowText, RuleContext, row_text
 
+PARALLEL_MIN_ROWS = 5_000  # below this, starting worker processes costs more than it saves
+MAX_WORKERS = 8
 Scorer = Callable[[list[Conversation]], Sequence[Any]]  # -> RowScore per row (model_scores)
 
 
@@ -39,6 +44,7 @@ class AuditOptions:
     scorer: Scorer | None = None
     model_name: str | None = None
     select: int | None = None
+    workers: int | None = None  # processes for the per-row rules; None: one per core (up to 8)
 
 
 @dataclass
@@ -78,7 +84,7 @@ def audit(sources: list[LoadedSource], options: AuditOptions) -> AuditResult:
         t.prompt_tokens, t.response_tokens = counts[i], counts[len(texts) + i]
     timings = {"tokens": time.perf_counter() - start}
     settings, clock = options.settings, time.perf_counter()
-    findings = [run_row_rules(t, settings, options.context) for t in texts]
+    findings = row_findings(texts, settings, options.context, options.workers)
     if settings.on("length_ratio"):
         _add(findings, _length_ratio_per_source(rows, texts, settings.thresholds["length_ratio"]))
     timings["rules"], clock = time.perf_counter() - clock, time.perf_counter()
@@ -99,6 +105,34 @@ def audit(sources: list[LoadedSource], options: AuditOptions) -> AuditResult:
     check_totals(result)
     timings["total"] = time.perf_counter() - start
     return result
+
+
+def row_findings(texts: list[RowText], settings: RuleSettings, ctx: RuleContext, workers: int | None) -> list[list[Finding]]:
+    """The per-row rules over every row; big sets are split over worker processes (the rules
+    are pure Python, so threads would not help). Each worker sends back the findings and the
+    slop phrases it found (audit.json counts them)."""
+    if workers is None:  # auto: one per core, for sets big enough to repay starting them
+        workers = min(os.cpu_count() or 1, MAX_WORKERS) if len(texts) >= PARALLEL_MIN_ROWS else 1
+    # fork only: spawn re-runs the caller's main module, which breaks any user script without a
+    # `if __name__ == "__main__"` guard. The workers run pure Python and numpy, never torch, so
+    # forking after torch has started its threads is safe here.
+    can_fork = "fork" in multiprocessing.get_all_start_methods()
+    if workers <= 1 or not can_fork:
+        return [run_row_rules(t, settings, ctx) for t in texts]
+    size = -(-len(texts) // (workers * 4))  # a few chunks per worker evens out slow chunks
+    chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(_judge_chunk, chunks, [settings] * len(chunks), [ctx] * len(chunks)))
+    out = []
+    for chunk, judged in zip(chunks, results, strict=True):
+        for text, (found, slop_hits) in zip(chunk, judged, strict=True):
+            text.slop_hits = slop_hits
+            out.append(found)
+    return out
+
+
+def _judge_chunk(texts: list[RowText], settings: RuleSettings, ctx: RuleContext) -> list[tuple]:
+    return [(run_row_rules(t, settings, ctx), t.slop_hits) for t in texts]
 
 
 def _add(findings: list[list[Finding]], extra: Sequence[Finding | None]) -> None:

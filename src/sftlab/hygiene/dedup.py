@@ -22,6 +22,7 @@ from sftlab.hygiene.text import Finding, normalise
 NUM_PERM = 128
 SHINGLE = 3
 CANDIDATE_MARGIN = 0.15
+MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
 MAX_WORDS = 2_000  # beyond this, the opening words decide similarity (keeps 50k rows fast)
 
 
@@ -48,11 +49,16 @@ def _union(parent: list[int], a: int, b: int) -> None:
         parent[max(ra, rb)] = min(ra, rb)
 
 
-def _shingles(text: str) -> np.ndarray:
-    """Sorted unique 32-bit hashes of the text's word 3-grams."""
+def _shingles(text: str, word_ids: dict[str, int]) -> np.ndarray:
+    """Sorted unique 32-bit hashes of the text's word 3-grams: each distinct word is hashed once
+    (xxhash, so results do not depend on the process), 3-grams are mixed from word hashes."""
     words = text.split()[:MAX_WORDS]
-    grams = [" ".join(words[i : i + SHINGLE]) for i in range(max(1, len(words) - SHINGLE + 1))]
-    return np.unique(np.fromiter((_hash(g.encode()) for g in grams), dtype=np.uint32, count=len(grams)))
+    ids = np.fromiter((word_ids.get(w) or word_ids.setdefault(w, _hash(w.encode()) | 1) for w in words),
+                      dtype=np.uint64, count=len(words))  # fmt: skip
+    if len(ids) < SHINGLE:  # the whole short text is one shingle
+        return ((ids.sum(keepdims=True) * MIX[0]) >> np.uint64(32)).astype(np.uint32)
+    grams = ids[:-2] * MIX[0] + ids[1:-1] * MIX[1] + ids[2:] * MIX[2]  # wraps mod 2**64
+    return np.unique((grams >> np.uint64(32)).astype(np.uint32))
 
 
 def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -67,7 +73,8 @@ def near_pairs(texts: Sequence[str], threshold: float, seed: int = 1) -> list[tu
     by ~0.03, so pairs just above the threshold would often be missed); each candidate's Jaccard
     is then computed exactly from its shingle hashes.
     """
-    shingles = [_shingles(t) for t in texts]
+    word_ids: dict[str, int] = {}
+    shingles = [_shingles(t, word_ids) for t in texts]
     hashes = MinHash.bulk(shingles, num_perm=NUM_PERM, seed=seed, hashfunc=int)
     lsh = MinHashLSH(threshold=max(threshold - CANDIDATE_MARGIN, 0.3), num_perm=NUM_PERM)
     pairs = []

@@ -28,6 +28,9 @@ ANSWER_UNSEEN = re.compile(
     rf"(?:above|below|attached))\b|\bin the (?:attached|provided|linked) (?:{MEDIA}|{DOCUMENT})\b",
     re.IGNORECASE,
 )
+MEDIA_WORDS = ("image", "picture", "photo", "screenshot", "video", "audio", "recording", "diagram",
+               "chart", "graph", "file", "document", "attach", "pdf", "spreadsheet", "article",
+               "link", "url", "web", "paper", "report")  # fmt: skip
 URL = re.compile(r"https?://|www\.", re.IGNORECASE)
 # "the following X" / "given X" / "this X:" needs an X after it.
 NEEDS_INPUT = re.compile(
@@ -40,8 +43,16 @@ NEEDS_INPUT = re.compile(
 AFTER_MAX_WORDS = 6  # "Classify this sentence as positive or negative." has no sentence
 
 
+def _mentions_media(text: str) -> bool:
+    """A fast pre-check: every pattern above names one of these words."""
+    lower = text.lower()
+    return any(word in lower for word in MEDIA_WORDS)
+
+
 def unseen_reference(row: RowText, threshold: float, ctx: RuleContext) -> Finding | None:
-    if row.is_text or URL.search(row.context):
+    if row.is_text or not (_mentions_media(row.prompt) or _mentions_media(row.response)):
+        return None
+    if URL.search(row.context):
         return None
     for i, (prompt, answer) in enumerate(row.turns):
         match = PROMPT_UNSEEN.search(prompt)

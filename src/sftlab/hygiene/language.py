@@ -54,6 +54,7 @@ LANGS_OF_WORD: dict[str, list[str]] = {}
 for _lang, _vocab in WORD_LANG:
     for _word in _vocab:
         LANGS_OF_WORD.setdefault(_word, []).append(_lang)
+ENGLISH_ONLY = dict(WORD_LANG)["en"]
 CJK_WEIGHT = 3  # one Han/kana/Hangul character carries about a word: ~3 Latin letters
 MIN_LETTERS = 20
 MIN_PROMPT_LETTERS = 8  # "What is DNA?" says which script the user writes in
@@ -91,6 +92,15 @@ def latin_language(text: str, min_words: int = MIN_FUNCTION_WORDS) -> str | None
     return lang if best >= min_words and best >= 2 * second else None
 
 
+def _plainly_english(row: RowText) -> bool:
+    """A single answer whose words are mostly English function words' company: checked on the
+    row's cached words, without a second pass over the text."""
+    if len(row.turns) != 1:
+        return False
+    english = sum(1 for w in row.words if w in ENGLISH_ONLY)
+    return english >= MIN_FUNCTION_WORDS and english >= 0.05 * len(row.words)
+
+
 def language_mismatch(row: RowText, threshold: float, ctx: RuleContext) -> Finding | None:
     if row.is_text:
         return None
@@ -108,7 +118,7 @@ def language_mismatch(row: RowText, threshold: float, ctx: RuleContext) -> Findi
                 continue
         said = latin_language(prompt_text, MIN_PROMPT_FUNCTION_WORDS)
         if said:
-            answered = latin_language(answer_text)
+            answered = latin_language(answer_text) if said != "en" or not _plainly_english(row) else None
             if answered and said != answered:
                 return Finding("language_mismatch", 1.0, threshold,
                                f"turn {i + 1}: the prompt reads as {said}, the answer as {answered}")  # fmt: skip
