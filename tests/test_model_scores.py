@@ -96,6 +96,21 @@ def test_rows_that_do_not_render_are_marked_not_dropped(tiny_tokenizer):
     assert not math.isfinite(scores[1].ifd)
 
 
+def test_each_response_token_is_placed_in_its_message_by_characters(tiny_tokenizer):
+    from sftlab.hygiene.model_scores import _token_spans
+
+    renderer = Renderer(tiny_tokenizer, build_chat_format(tiny_tokenizer, TemplateConfig()))
+    row = Conversation(
+        (Message("system", "be kind"), Message("user", "hi"), Message("assistant", "hé!"),
+         Message("user", "and?"), Message("assistant", "ok")),
+        source=RowRef("t.jsonl", 1, 0),
+    )  # fmt: skip
+    spans = _token_spans(renderer, row, renderer.encode(row))
+    # one token per byte: "é" is two bytes, both from characters 1-2; each turn ends with the
+    # end-of-turn token, which is no message's text
+    assert spans == [(2, 0, 1), (2, 1, 2), (2, 1, 2), (2, 2, 3), None, (4, 0, 1), (4, 1, 2), None]
+
+
 def test_select_best_follows_the_ifd_paper():
     ifds = [0.5, 0.95, float("nan"), 1.3, 0.8, 1.05]
     scores = [RowScore(ifd=v) for v in ifds]

@@ -169,45 +169,38 @@ def _encode_pair(renderer, conv: Conversation):
 
 def _token_spans(renderer, conv: Conversation, example) -> list[tuple[int, int, int] | None]:
     """For each supervised token (label position > 0, the ones a loss is computed for): the
-    message index and character span of the content it came from; None for template tokens
-    such as the end-of-turn marker."""
+    message index and character span in that message's content; None for template tokens such
+    as the end-of-turn marker. Found by character offsets in the whole rendered text, which is
+    how the renderer tokenizes a row; a row whose ids that text does not reproduce (a user typed
+    a special token, so the renderer guarded it) gets no spans, and so no flags."""
     positions = np.flatnonzero(example.labels != IGNORE_INDEX)
     positions = positions[positions > 0]
     spans: list[tuple[int, int, int] | None] = [None] * len(positions)
     if conv.kind == "text":
         return spans
+    skeleton, contents = renderer.pieces(conv)
+    pieces = skeleton.pieces
+    where, cursor = [], 0  # (start, end, message) of each content piece in the whole text
+    for piece in pieces:
+        length = len(contents[int(piece.text)]) if piece.is_content else len(piece.text)
+        if piece.is_content:
+            where.append((cursor, cursor + length, int(piece.text)))
+        cursor += length
+    text = "".join(contents[int(p.text)] if p.is_content else p.text for p in pieces)
+    enc = renderer.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if list(enc["input_ids"]) != example.input_ids.tolist():
+        return spans
+    offsets = enc["offset_mapping"]
     messages, _ = renderer.prepare(conv)
     shift = len(messages) - len(conv.messages)  # a system message holding folded tool schemas
-    at = {int(p): k for k, p in enumerate(positions)}
-    ids = example.input_ids
-    cursor = 0
-    for m_index, message in enumerate(messages):
-        if message.role != "assistant" or not message.content:
-            continue
-        enc = renderer.tokenizer(
-            message.content, add_special_tokens=False, return_offsets_mapping=True,
-            split_special_tokens=True,
-        )  # fmt: skip
-        found = _find(ids, enc["input_ids"], cursor)
-        if found < 0:
-            continue
-        cursor = found + len(enc["input_ids"])
-        for j, (a, b) in enumerate(enc["offset_mapping"]):
-            if found + j in at:
-                spans[at[found + j]] = (m_index - shift, int(a), int(b))
+    for k, p in enumerate(positions):
+        a, b = offsets[int(p)]
+        for start, end, m in where:
+            if start <= a < end and m >= shift and messages[m].role == "assistant":
+                lead = max(messages[m].content.find(contents[m]), 0)  # a template that trims
+                spans[k] = (m - shift, a - start + lead, min(b, end) - start + lead)
+                break
     return spans
-
-
-def _find(haystack: np.ndarray, needle: list[int], start: int) -> int:
-    n = len(needle)
-    if n == 0:
-        return -1
-    first = needle[0]
-    for i in np.flatnonzero(haystack[start:] == first):
-        i = int(i) + start
-        if haystack[i : i + n].tolist() == needle:
-            return i
-    return -1
 
 
 @torch.no_grad()
