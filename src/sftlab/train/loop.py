@@ -1,8 +1,10 @@
 """The training loop: explicit, short, and the same on one process or many.
 
     for each epoch:   plan = every step's micro-batches, from (seed, epoch)   (pack.collate)
-      for each step:  window = supervised tokens of all the step's micro-batches, all processes
+      for each step:  stop? (agreed by all processes)
+                      window = supervised tokens of all the step's micro-batches, all processes
                       for my micro-batches: loss_sum -> backward(loss_sum * world / window)
+                      (+ zero-weight fillers: every process runs as many passes as the others)
                       clip, optimizer step, lr from the step number
                       log, eval, checkpoint
 
