@@ -111,6 +111,24 @@ def test_each_response_token_is_placed_in_its_message_by_characters(tiny_tokeniz
     assert spans == [(2, 0, 1), (2, 1, 2), (2, 1, 2), (2, 2, 3), None, (4, 0, 1), (4, 1, 2), None]
 
 
+def test_the_progress_bar_counts_tokens_per_second():
+    import re
+    import time
+
+    from rich.console import Console
+
+    from sftlab.hygiene.model_scores import _progress
+
+    console = Console(record=True, force_terminal=True, width=140)
+    with _progress(True, 1000, console=console) as advance:
+        time.sleep(0.1)
+        advance(400)
+        time.sleep(0.1)
+        advance(600)
+    rates = re.findall(r"1,000/1,000 tokens ([\d,]+) tokens/s", console.export_text())
+    assert rates and 0 < int(rates[-1].replace(",", "")) <= 1000 / 0.2  # at least 0.2 s passed
+
+
 def test_select_best_follows_the_ifd_paper():
     ifds = [0.5, 0.95, float("nan"), 1.3, 0.8, 1.05]
     scores = [RowScore(ifd=v) for v in ifds]

@@ -232,8 +232,8 @@ def _token_losses(model, examples, pad_id: int, batch_tokens: int, progress: boo
 class _progress:
     """A rich progress bar with tokens/s (or nothing), as a context giving `advance(n)`."""
 
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
+    def __init__(self, enabled: bool, total: int, console=None):
+        self.enabled, self.total, self.console = enabled, total, console
 
     def __enter__(self):
         if not self.enabled:
@@ -244,6 +244,7 @@ class _progress:
             TextColumn("scoring with the model"), BarColumn(),
             TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
             TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=True,
+            console=self.console,
         )  # fmt: skip
         self.bar.__enter__()
         task = self.bar.add_task("score", total=self.total, rate="")
