@@ -81,7 +81,8 @@ def _truncation(answer: str) -> str | None:
     if text.count("```") % 2:
         return "leaves a ``` code fence open"
     prose = without_code(text)
-    if prose.count("(") > prose.count(")") and prose.rstrip()[-1:] not in ")":
+    opened = prose.count("(") + prose.count("（")  # full-width brackets close ASCII ones in CJK text
+    if opened > prose.count(")") + prose.count("）") and prose.rstrip()[-1:] not in ")）":
         return "leaves a '(' open at the end"
     if prose.count("“") > prose.count("”") or prose.count('"') % 2:
         if not text.endswith(('"', "”")) and '"' not in text[-40:] and "”" not in text[-40:]:
