@@ -152,3 +152,42 @@ def test_cli_applies_decisions_and_says_what_moved(audit, tmp_path):
     assert missing.returncode == 2
     assert "nope.json" in missing.stderr and "not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_review_of_a_real_audit_folder_through_both_commands(tmp_path):
+    """The folder `sftlab data audit` writes (not a hand-made one): decisions applied by
+    `data apply-review`, and by `data audit --decisions` on a fresh audit, move the same rows."""
+    rows = [
+        {"messages": [{"role": "user", "content": "What is the capital of France?"},
+                      {"role": "assistant", "content": "The capital of France is Paris."}]},
+        {"messages": [{"role": "user", "content": "Name a primary colour."},
+                      {"role": "assistant", "content": "Red is a primary colour."}]},
+        {"messages": [{"role": "user", "content": "Greet me."},
+                      {"role": "assistant", "content": "Hello, I am {{name}}."}]},  # placeholder
+    ]  # fmt: skip
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")  # line 4: unreadable
+    decisions = decisions_file(
+        tmp_path, {"chat.jsonl:2": "drop", "chat.jsonl:3": "keep", "chat.jsonl:4": "keep"}
+    )
+    first = tmp_path / "first"
+    made = run_cli("data", "audit", data, "--out", first, "--tokenizer", "words")
+    assert made.returncode == 0, made.stderr
+    assert ids(first / "kept.jsonl") == {"chat.jsonl:1", "chat.jsonl:2"}
+
+    applied = run_cli("data", "apply-review", first, decisions)
+    assert applied.returncode == 0, applied.stderr
+    assert "chat.jsonl:2" in applied.stdout and "could not be kept" in applied.stdout
+    assert ids(first / "kept.jsonl") == {"chat.jsonl:1", "chat.jsonl:3"}
+    restored = next(r for r in lines(first / "kept.jsonl") if r["id"] == "chat.jsonl:3")
+    assert restored["messages"] == rows[2]["messages"]
+    summary = json.loads((first / "audit.json").read_text())
+    assert (summary["totals"]["kept"], summary["totals"]["rejected"]) == (2, 2)
+    assert 'data-row="chat.jsonl:2"' in (first / "audit.html").read_text()  # now a rejected row
+
+    second = tmp_path / "second"
+    again = run_cli(
+        "data", "audit", data, "--out", second, "--tokenizer", "words", "--decisions", decisions
+    )
+    assert again.returncode == 0, again.stderr
+    assert (second / "kept.jsonl").read_text() == (first / "kept.jsonl").read_text()
