@@ -403,3 +403,18 @@ def test_real_samples_every_row_kept_or_rejected(name, fmt, rows):
         with_calls = [c for c in data.conversations if any(m.tool_calls for m in c.messages)]
         assert sum(m.role == "tool" for c in data.conversations for m in c.messages) == 211
         assert with_calls and all(c.tools for c in with_calls)
+
+
+def test_a_row_error_passes_through_a_context_manager_unchanged():
+    # Raising sets __traceback__ on the exception; a frozen dataclass refused that, so a RowError
+    # leaving a `with` block of a @contextmanager became a FrozenInstanceError.
+    import contextlib
+
+    @contextlib.contextmanager
+    def block():
+        yield
+
+    with pytest.raises(RowError) as raised:
+        with block():
+            raise RowError("expected a string, got a number", "messages[0].content")
+    assert str(raised.value) == "messages[0].content: expected a string, got a number"

@@ -53,7 +53,7 @@ class Interrupted(SftlabError):
         self.exit_code = exit_code
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # not frozen: raising sets __traceback__, which a frozen dataclass refuses
 class RowError(Exception):
     """Raised by a row adapter for one bad row; the caller turns it into a `Rejection`."""
 
