@@ -182,3 +182,15 @@ def test_reading_only_some_rows_finds_them_by_their_real_id(tmp_path):
     found = list(read_jsonl(path, only=wanted))
     assert found == [records[0], records[2], records[3]]
     assert list(read_jsonl(path)) == records
+
+
+def test_a_folder_that_is_not_an_audit_is_a_clear_error(audit):
+    from sftlab.core.errors import DataError
+
+    (audit / "audit.json").write_text('{"version": 1}')
+    with pytest.raises(DataError, match='audit.json: no "totals" object'):
+        write_audit_page(audit)
+    (audit / "review.jsonl").unlink()
+    (audit / "audit.json").write_text('{"version": 1, "totals": {}}')
+    with pytest.raises(DataError, match="review.jsonl: not found"):
+        write_audit_page(audit)

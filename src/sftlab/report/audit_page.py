@@ -28,6 +28,10 @@ def write_audit_page(out_dir: Path) -> Path:
     """Read the audit outputs in `out_dir` and write `out_dir/audit.html`; returns its path."""
     out_dir = Path(out_dir)
     audit = read_json(out_dir / "audit.json")
+    if not isinstance(audit, dict) or not isinstance(audit.get("totals"), dict):
+        raise DataError(
+            str(out_dir / "audit.json"), 'no "totals" object; expected an audit summary'
+        )
     review = list(read_jsonl(out_dir / "review.jsonl"))
     clusters = audit.get("duplicate_clusters") or []
     shown_clusters = clusters[:MAX_CLUSTERS]
@@ -41,7 +45,7 @@ def write_audit_page(out_dir: Path) -> Path:
         title=f"Data audit: {out_dir.name}",
         scripts=["audit.js"],
         audit_id=audit_id(out_dir),
-        totals=audit["totals"],
+        totals={"rows": 0, "kept": 0, "rejected": 0, "review": 0, **audit["totals"]},
         inputs=audit.get("inputs", []),
         timings=[(k, _round(v)) for k, v in (audit.get("timings_s") or {}).items()],
         model_scores=audit.get("model_scores"),
