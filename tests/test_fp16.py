@@ -131,3 +131,22 @@ def test_fp16_tolerated_nonfinite_loss_keeps_the_scaler_usable(monkeypatch):
     assert state.skipped_nonfinite == 1 and state.skipped_overflow == 1
     assert not changed(snapshots[2], snapshots[3]) and not changed(snapshots[4], snapshots[5])
     assert changed(snapshots[5], snapshots[6])
+
+
+def test_fp16_resume_restores_the_scale_the_overflows_taught(tmp_path):
+    """The scale is learned from overflows; a checkpoint keeps it, so a resumed run does not
+    start again at the initial scale (and skip steps the uninterrupted run did not)."""
+    from sftlab.train import checkpoint
+
+    accelerator, wrapped, optimizer, model = fp16_session(overflow_at={1, 2})
+    train(accelerator, wrapped, optimizer, model, settings())
+    learned = accelerator.scaler.get_scale()
+    assert learned == INIT_SCALE / 4
+    checkpoint.save(tmp_path, model, optimizer, {"step": STEPS}, {}, keep_last=1,
+                    scaler=accelerator.scaler)  # fmt: skip
+
+    fresh, _, fresh_optimizer, fresh_model = fp16_session(overflow_at=set())
+    assert fresh.scaler.get_scale() == INIT_SCALE
+    checkpoint.load(checkpoint.checkpoints(tmp_path)[-1], fresh_model, fresh_optimizer,
+                    scaler=fresh.scaler)  # fmt: skip
+    assert fresh.scaler.get_scale() == learned

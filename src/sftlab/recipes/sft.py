@@ -151,6 +151,11 @@ class Session:
     def unwrapped(self) -> SupervisedLoss:
         return self.accelerator.unwrap_model(self.model)
 
+    @property
+    def scaler(self):
+        """fp16's gradient scaler (accelerate adds one), else None."""
+        return getattr(self.accelerator, "scaler", None)
+
     def evaluate(self) -> float:
         s = self.settings
         return loop.eval_loss(
@@ -261,7 +266,7 @@ def start_or_resume(session: Session, run_dir: Path, resume_from, main: bool, sa
             append_record(metrics, {"step": 0, "eval_loss": before})
             say(f"eval loss before training: {before:.4f}")
         return loop.LoopState(), before
-    saved = checkpoint.load(resume_from, session.unwrapped, session.optimizer)
+    saved = checkpoint.load(resume_from, session.unwrapped, session.optimizer, session.scaler)
     if main:
         truncate_metrics(metrics, resume_from.step)
     say(f"resumed from {resume_from.path} (step {resume_from.step})")
@@ -279,7 +284,8 @@ def train_with_checkpoints(
         if not main:
             return None
         return checkpoint.save(
-            root, session.unwrapped, session.optimizer, current.to_dict(), meta, t.keep_last
+            root, session.unwrapped, session.optimizer, current.to_dict(), meta, t.keep_last,
+            session.scaler,
         )
 
     def periodic(current: loop.LoopState, record: dict) -> None:
@@ -325,6 +331,7 @@ def finish(
         "eval_loss_before": before, "eval_loss_after": after,
         "train_examples": len(prepared.train), "train_rows": len(session.train_rows),
         "skipped_nonfinite_steps": state.skipped_nonfinite,
+        "skipped_overflow_steps": state.skipped_overflow,
     })  # fmt: skip
     say(f"eval loss {before:.4f} -> {after:.4f}; run saved to {run_dir}")
 

@@ -98,8 +98,13 @@ def _fsync_tree(folder: Path) -> None:
             os.fsync(handle.fileno())
 
 
-def save(root: Path, model, optimizer, loop_state: dict, meta: dict, keep_last: int) -> Path:
-    """Write checkpoint step-<N> atomically, then delete all but the newest `keep_last`."""
+def save(
+    root: Path, model, optimizer, loop_state: dict, meta: dict, keep_last: int, scaler=None
+) -> Path:
+    """Write checkpoint step-<N> atomically, then delete all but the newest `keep_last`.
+
+    `scaler` is fp16's gradient scaler, if any: its scale is learned from overflows, so a resume
+    without it would start again at 65536 and skip steps the uninterrupted run did not."""
     step = loop_state["step"]
     final = root / f"{PREFIX}{step:06d}"
     partial = root / f".partial-{PREFIX}{step:06d}-{os.getpid()}"
@@ -107,6 +112,8 @@ def save(root: Path, model, optimizer, loop_state: dict, meta: dict, keep_last: 
     partial.mkdir(parents=True)
     save_file(trainable_tensors(model), partial / "trainable.safetensors")
     torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+    if scaler is not None:
+        torch.save(scaler.state_dict(), partial / "scaler.pt")
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -122,8 +129,8 @@ def save(root: Path, model, optimizer, loop_state: dict, meta: dict, keep_last: 
     return final
 
 
-def load(checkpoint: Checkpoint, model, optimizer) -> dict:
-    """Restore weights, optimizer and RNG; returns the checkpoint's state.json content."""
+def load(checkpoint: Checkpoint, model, optimizer, scaler=None) -> dict:
+    """Restore weights, optimizer, fp16 gradient scaler and RNG; returns state.json's content."""
     tensors = load_file(checkpoint.path / "trainable.safetensors")
     params = dict(model.named_parameters())
     missing = [name for name in tensors if name not in params]
@@ -133,6 +140,9 @@ def load(checkpoint: Checkpoint, model, optimizer) -> dict:
         for name, tensor in tensors.items():
             params[name].copy_(tensor)
     optimizer.load_state_dict(torch.load(checkpoint.path / "optimizer.pt", weights_only=True))
+    scaler_file = checkpoint.path / "scaler.pt"
+    if scaler is not None and scaler_file.exists():
+        scaler.load_state_dict(torch.load(scaler_file, weights_only=True))
     state = checkpoint.state()
     _set_rng_state(state["rng"], torch.load(checkpoint.path / "rng.pt", weights_only=True))
     return state
