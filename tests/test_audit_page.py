@@ -194,3 +194,13 @@ def test_a_folder_that_is_not_an_audit_is_a_clear_error(audit):
     (audit / "audit.json").write_text('{"version": 1, "totals": {}}')
     with pytest.raises(DataError, match="review.jsonl: not found"):
         write_audit_page(audit)
+
+
+def test_ifd_chart_only_with_model_scores(audit):
+    assert 'id="chart-ifd"' not in write_audit_page(audit).read_text()
+    summary = json.loads((audit / "audit.json").read_text())
+    summary["model_scores"] = {"model": "tiny", "tokens_per_s": 12.5,
+                               "ifd": {"a.jsonl:1": 0.6, "a.jsonl:2": 0.9, "a.jsonl:4": None}}  # fmt: skip
+    (audit / "audit.json").write_text(json.dumps(summary))
+    html = write_audit_page(audit).read_text()
+    assert 'id="chart-ifd"' in html and "tiny, 12 tokens/s" in html

@@ -57,6 +57,7 @@ def write_audit_page(out_dir: Path) -> Path:
             "response": svg_histogram(
                 lengths.get("response_tokens", []), "response tokens", color="#4f8a5b"
             ),
+            "ifd": _ifd_chart(audit.get("model_scores")),
         },  # fmt: skip
         top_ngrams=audit.get("top_ngrams") or [],
         slop_hits=audit.get("slop_hits") or [],
@@ -111,6 +112,14 @@ def read_jsonl(path: Path, only: set[str] | None = None) -> Iterator[dict]:
                 raise DataError(str(path), f"not valid JSON ({exc.msg})", number) from None
             if only is None or row_id(record) in only:
                 yield record
+
+
+def _ifd_chart(model_scores: dict | None):
+    """IFD per scored row (audit.json model_scores.ifd: {row id: value or null}), if any."""
+    values = [
+        v for v in ((model_scores or {}).get("ifd") or {}).values() if isinstance(v, (int, float))
+    ]
+    return svg_histogram(values, "IFD", color="#8a5b9e") if values else None
 
 
 def _round(value):
