@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -93,20 +94,28 @@ def speed(rows: int, tokenizer: str, out: Path) -> dict:
         data = Path(tmp) / "conversations.jsonl"
         source = build_set(data, rows)
         opts = options(tokenizer)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         _, summary = run_audit([data], opts, Path(tmp) / "audit", say=lambda _: None)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     result = {
         "rows": rows, "source": source, "tokenizer": summary["lengths"]["tokenizer"],
         "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
         "timings_s": summary["timings_s"], "totals": summary["totals"],
         "fired": {k: v["fired"] for k, v in summary["per_rule"].items() if v["fired"]},
-        "cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()[0],
+        "cpu_s": round(cpu, 2), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()[0],
     }  # fmt: skip
     print(f"{rows} rows in {seconds:.1f} s: {result['rows_per_s']} rows/s "
           f"(read+audit+write; tokenizer: {result['tokenizer']})")  # fmt: skip
     print("  timings (s):", ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
+    print(f"  CPU time {cpu:.1f} s over this process and its workers; load average "
+          f"{result['load_avg_at_end']:.1f} (other processes on the machine slow the wall clock)")
     return result
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the rule workers)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def examples_per_rule(out_dir: Path, per_rule: int = 2) -> dict[str, list[dict]]:

@@ -8,7 +8,7 @@ import pytest
 from sftlab.core.types import Conversation, Message, RowRef
 from sftlab.hygiene import grounding, language, refusal, repetition, slop, structure
 from sftlab.hygiene.contamination import EvalIndex, contamination
-from sftlab.hygiene.dedup import find_duplicates
+from sftlab.hygiene.dedup import dedup_features, find_duplicates
 from sftlab.hygiene.length import length_ratio
 from sftlab.hygiene.settings import RULES
 from sftlab.hygiene.text import RowText, RuleContext, row_text
@@ -160,7 +160,7 @@ def test_duplicates_keep_the_best_row_and_point_the_others_to_it():
     base = "the quick brown fox jumps over the lazy dog while the farmer watches from the porch " * 2
     texts = [base, base, base.replace("lazy", "sleepy", 1), "something else entirely, nothing alike"]
     rank = [(1, 0, 0, 0), (0, 0, 0, 1), (0, 0, 0, 2), (0, 0, 0, 3)]  # row 0 has a problem
-    found, clusters = find_duplicates(texts, rank, ["a", "b", "c", "d"], 0.5, 0.8)
+    found, clusters = find_duplicates([dedup_features(t) for t in texts], rank, ["a", "b", "c", "d"], 0.5, 0.8)
     assert [(c.kept, sorted(c.members)) for c in clusters] == [(1, [0, 2])]
     assert found[0].rule == "exact_duplicate" and found[0].extra["duplicate_of"] == "b"
     assert found[2].rule == "near_duplicate" and found[2].extra["duplicate_of"] == "b"

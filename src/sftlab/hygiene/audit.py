@@ -23,7 +23,7 @@ from typing import Any
 
 from sftlab.core.types import Conversation
 from sftlab.hygiene.contamination import EvalIndex, contamination
-from sftlab.hygiene.dedup import find_duplicates
+from sftlab.hygiene.dedup import Features, dedup_features, find_duplicates
 from sftlab.hygiene.length import TokenCounter, approximate_tokens, length_ratio
 from sftlab.hygiene.load import AuditRow, LoadedSource
 from sftlab.hygiene.rules import RuleSettings, run_row_rules
@@ -84,7 +84,7 @@ def audit(sources: list[LoadedSource], options: AuditOptions) -> AuditResult:
         t.prompt_tokens, t.response_tokens = counts[i], counts[len(texts) + i]
     timings = {"tokens": time.perf_counter() - start}
     settings, clock = options.settings, time.perf_counter()
-    findings = row_findings(texts, settings, options.context, options.workers)
+    findings, features = row_findings(texts, settings, options.context, options.workers)
     if settings.on("length_ratio"):
         _add(findings, _length_ratio_per_source(rows, texts, settings.thresholds["length_ratio"]))
     timings["rules"], clock = time.perf_counter() - clock, time.perf_counter()
@@ -93,7 +93,7 @@ def audit(sources: list[LoadedSource], options: AuditOptions) -> AuditResult:
         _add(findings, [contamination([t.prompt, t.response], options.eval_index, threshold)
                         for t in texts])  # fmt: skip
     timings["contamination"], clock = time.perf_counter() - clock, time.perf_counter()
-    clusters = _deduplicate(texts, findings, settings)
+    clusters = _deduplicate(texts, features, findings, settings)
     timings["dedup"], clock = time.perf_counter() - clock, time.perf_counter()
     model_scores = None
     if options.scorer is not None:
@@ -107,32 +107,39 @@ def audit(sources: list[LoadedSource], options: AuditOptions) -> AuditResult:
     return result
 
 
-def row_findings(texts: list[RowText], settings: RuleSettings, ctx: RuleContext, workers: int | None) -> list[list[Finding]]:
-    """The per-row rules over every row; big sets are split over worker processes (the rules
-    are pure Python, so threads would not help). Each worker sends back the findings and the
-    slop phrases it found (audit.json counts them)."""
+def row_findings(
+    texts: list[RowText], settings: RuleSettings, ctx: RuleContext, workers: int | None
+) -> tuple[list[list[Finding]], list[Features]]:
+    """The per-row rules and the dedup features of every row; big sets are split over worker
+    processes (the rules are pure Python, so threads would not help). Workers send back the
+    findings, the slop phrases found (audit.json counts them) and the dedup features."""
     if workers is None:  # auto: one per core, for sets big enough to repay starting them
         workers = min(os.cpu_count() or 1, MAX_WORKERS) if len(texts) >= PARALLEL_MIN_ROWS else 1
     # fork only: spawn re-runs the caller's main module, which breaks any user script without a
     # `if __name__ == "__main__"` guard. The workers run pure Python and numpy, never torch, so
     # forking after torch has started its threads is safe here.
-    can_fork = "fork" in multiprocessing.get_all_start_methods()
-    if workers <= 1 or not can_fork:
-        return [run_row_rules(t, settings, ctx) for t in texts]
-    size = -(-len(texts) // (workers * 4))  # a few chunks per worker evens out slow chunks
-    chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        results = list(pool.map(_judge_chunk, chunks, [settings] * len(chunks), [ctx] * len(chunks)))
-    out = []
-    for chunk, judged in zip(chunks, results, strict=True):
-        for text, (found, slop_hits) in zip(chunk, judged, strict=True):
-            text.slop_hits = slop_hits
-            out.append(found)
-    return out
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        judged = _judge_chunk(texts, settings, ctx)
+    else:
+        size = -(-len(texts) // (workers * 4))  # a few chunks per worker evens out slow chunks
+        chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = pool.map(_judge_chunk, chunks, [settings] * len(chunks), [ctx] * len(chunks))
+            judged = [item for part in parts for item in part]
+    for text, (_, slop_hits, _) in zip(texts, judged, strict=True):
+        text.slop_hits = slop_hits
+    return [found for found, _, _ in judged], [feature for _, _, feature in judged]
 
 
 def _judge_chunk(texts: list[RowText], settings: RuleSettings, ctx: RuleContext) -> list[tuple]:
-    return [(run_row_rules(t, settings, ctx), t.slop_hits) for t in texts]
+    dedup = settings.on("exact_duplicate") or settings.on("near_duplicate")
+    return [(run_row_rules(t, settings, ctx), t.slop_hits, dedup_features(dedup_text(t)) if dedup else None)
+            for t in texts]  # fmt: skip
+
+
+def dedup_text(text: RowText) -> str:
+    """System prompt and tool results count too: two rows differing there are not copies."""
+    return f"{text.context}\n{text.response}"
 
 
 def _add(findings: list[list[Finding]], extra: Sequence[Finding | None]) -> None:
@@ -165,12 +172,13 @@ def _rank(findings: list[Finding], text: RowText, position: int, settings: RuleS
     return (rejecting, len(findings) - rejecting, -text.response_tokens, position)
 
 
-def _deduplicate(texts: list[RowText], findings: list[list[Finding]], settings: RuleSettings) -> list[dict]:
+def _deduplicate(texts: list[RowText], features: list[Features], findings: list[list[Finding]],
+                 settings: RuleSettings) -> list[dict]:  # fmt: skip
     exact, near = settings.on("exact_duplicate"), settings.on("near_duplicate")
     if not (exact or near) or not texts:
         return []
     dup_findings, clusters = find_duplicates(
-        [f"{t.context}\n{t.response}" for t in texts],  # system prompt, tool results count too
+        features,
         [_rank(f, t, i, settings) for i, (f, t) in enumerate(zip(findings, texts, strict=True))],
         [t.id for t in texts],
         settings.thresholds["exact_duplicate"] if exact else None,

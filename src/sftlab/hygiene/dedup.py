@@ -66,15 +66,24 @@ def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return shared / (len(a) + len(b) - shared)
 
 
-def near_pairs(texts: Sequence[str], threshold: float, seed: int = 1) -> list[tuple[int, int, float]]:
+Features = tuple[str, np.ndarray]  # (normalised text, its shingle hashes)
+_WORD_IDS: dict[str, int] = {}  # word -> hash, per process (xxhash: the same in every process)
+
+
+def dedup_features(text: str) -> Features:
+    """What deduplication needs of one row; computed where the row is judged (worker processes
+    for big sets), so the serial part of the audit stays small."""
+    key = normalise(text)
+    return key, _shingles(key, _WORD_IDS)
+
+
+def near_pairs(shingles: Sequence[np.ndarray], threshold: float, seed: int = 1) -> list[tuple[int, int, float]]:
     """(i, j, Jaccard) for every pair whose word 3-gram Jaccard reaches threshold.
 
     LSH proposes candidates at a lower threshold (a MinHash estimate at 128 permutations is off
     by ~0.03, so pairs just above the threshold would often be missed); each candidate's Jaccard
     is then computed exactly from its shingle hashes.
     """
-    word_ids: dict[str, int] = {}
-    shingles = [_shingles(t, word_ids) for t in texts]
     hashes = MinHash.bulk(shingles, num_perm=NUM_PERM, seed=seed, hashfunc=int)
     lsh = MinHashLSH(threshold=max(threshold - CANDIDATE_MARGIN, 0.3), num_perm=NUM_PERM)
     pairs = []
@@ -88,7 +97,7 @@ def near_pairs(texts: Sequence[str], threshold: float, seed: int = 1) -> list[tu
 
 
 def find_duplicates(
-    texts: Sequence[str],
+    features: Sequence[Features],
     rank: Sequence[tuple],
     ids: Sequence[str],
     exact_threshold: float | None,
@@ -96,23 +105,23 @@ def find_duplicates(
 ) -> tuple[list[Finding | None], list[Cluster]]:
     """One Finding per duplicate row (None for the rest) and the clusters found.
 
-    texts: prompt + answer per row; rank: lower is better; a threshold of None turns that check off.
+    features: dedup_features(prompt + answer) per row; rank: lower is better; a threshold of
+    None turns that check off.
     """
-    n = len(texts)
-    parent, how = list(range(n)), {}
-    keys = [normalise(t) for t in texts]
+    n = len(features)
+    parent = list(range(n))
+    keys = [key for key, _ in features]
     first: dict[str, int] = {}
     if exact_threshold is not None:
         for i, key in enumerate(keys):
             if key in first:
                 _union(parent, first[key], i)
-                how[(first[key], i)] = 1.0
             else:
                 first[key] = i
     similarity: dict[tuple[int, int], float] = {}
     if near_threshold is not None:
         singles = [i for i in range(n) if _find(parent, i) == i] if first else list(range(n))
-        for a, b, s in near_pairs([keys[i] for i in singles], near_threshold):
+        for a, b, s in near_pairs([features[i][1] for i in singles], near_threshold):
             _union(parent, singles[a], singles[b])
             similarity[(singles[a], singles[b])] = similarity[(singles[b], singles[a])] = s
     groups: dict[int, list[int]] = {}
