@@ -90,6 +90,22 @@ def test_cli_writes_the_five_outputs_and_accounts_for_every_row(inputs, tmp_path
     assert back.fmt == "messages" and len(back.conversations) == 5 and not back.rejected
 
 
+def test_decisions_are_applied_after_the_audit(inputs, tmp_path, capsys):
+    from sftlab.recipes.audit import audit_command
+
+    chat, _ = inputs
+    decisions = tmp_path / "decisions.json"
+    decisions.write_text(json.dumps({"version": 1, "audit": "out",
+                                     "decisions": {"chat.jsonl:2": "drop", "chat.jsonl:6": "keep"}}))  # fmt: skip
+    audit_command([chat], tmp_path / "out", decisions=decisions, tokenizer="words")
+    kept = {r["id"] for r in jsonl(tmp_path / "out" / "kept.jsonl")}
+    # The audit keeps lines 1-4; the person drops line 2 and keeps line 6 despite its placeholder.
+    assert kept == {"chat.jsonl:1", "chat.jsonl:3", "chat.jsonl:4", "chat.jsonl:6"}
+    rejected = {r["id"] for r in jsonl(tmp_path / "out" / "rejected.jsonl")}
+    assert rejected == {"chat.jsonl:2", "chat.jsonl:5", "chat.jsonl:7"}
+    assert "dropped 1" in capsys.readouterr().out
+
+
 def test_eval_files_reject_the_training_rows_they_overlap(inputs, tmp_path):
     chat, _ = inputs
     evals = tmp_path / "eval.jsonl"

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.core.io import write_json, write_jsonl
-from sftlab.core.types import Conversation
+from sftlab.core.types import Conversation, RowRef
 from sftlab.hygiene.audit import AuditResult, Verdict
-from sftlab.hygiene.load import AuditRow
+from sftlab.hygiene.load import AuditRow, row_id
 from sftlab.hygiene.settings import RULES
 from sftlab.hygiene.text import RowText, words_of
 
@@ -87,7 +87,8 @@ def write_audit(result: AuditResult, out_dir: Path, inputs: list[str]) -> dict[s
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = list(zip(result.rows, result.verdicts, strict=True))
     write_jsonl(out_dir / "kept.jsonl", (kept_record(r) for r, v in pairs if not v.rejected))
-    unreadable = [dict(r.to_json(), rules=[]) for s in result.sources for r in s.unreadable]
+    unreadable = [dict(r.to_json(), id=row_id(s.name, RowRef(r.file, r.line, r.index)), rules=[])
+                  for s in result.sources for r in s.unreadable]  # fmt: skip
     judged = [rejected_record(r, v, result.settings) for r, v in pairs if v.rejected]
     write_jsonl(out_dir / "rejected.jsonl", unreadable + judged)
     write_jsonl(out_dir / "review.jsonl", (review_record(r, v) for r, v in pairs if v.review))
