@@ -65,11 +65,13 @@ def row(prompt: str, answer: str) -> dict:
 
 
 def truncate(answer: str) -> str:
-    """Cut after the first sentence plus 14 more words, on a word (no end punctuation)."""
+    """Cut after the first sentence plus about 14 more words, after a lower-case word: where a
+    generation that hit its token limit stops."""
     first_end = answer.index(". ") + 2
-    rest = answer[first_end:].split()
-    kept = " ".join(rest[:14]).rstrip(".,;:!?\"'")
-    return answer[:first_end] + kept.lower()
+    rest = answer[first_end:].split()[:14]
+    while rest and not (rest[-1].isalpha() and rest[-1].islower()):
+        rest.pop()
+    return answer[:first_end] + " ".join(rest)
 
 
 def mojibake(answer: str) -> str:
