@@ -160,7 +160,9 @@ def generate(
         if as_json:
             print(
                 json.dumps(
-                    {"prompt": p, "response": g.text, "stopped": g.stopped}, ensure_ascii=False
+                    {"prompt": p, "response": g.text, "stopped": g.stopped,
+                     "finish_reason": g.finish_reason, "tokens": g.tokens},
+                    ensure_ascii=False,
                 )
             )
         else:

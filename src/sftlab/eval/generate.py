@@ -1,7 +1,8 @@
 """Generate with the run's own renderer: the prompt tokens are exactly those of training.
 
-A generation *stopped* when it ended on a stop token (the end-of-turn token) before the token
-limit; the share of stopped generations is the stop rate.
+A generation *stopped* when it ended on a stop token (the end-of-turn token, or EOS) before the
+token limit: its finish_reason is "stop", else "length" (as OpenAI-style servers report it); the
+share of stopped generations is the stop rate.
 """
 
 from __future__ import annotations
@@ -14,12 +15,32 @@ import torch
 from sftlab.core.types import Conversation, Message
 from sftlab.template.render import Renderer
 
+FINISH_REASONS = ("stop", "length")
+
 
 @dataclass
 class Generation:
+    """One answer: its text and ids without the stop token that ended it (if one did)."""
+
     text: str
     token_ids: list[int]
     stopped: bool
+    finish_reason: str = ""  # "stop" | "length"; derived from `stopped` when not given
+
+    def __post_init__(self) -> None:
+        derived = "stop" if self.stopped else "length"
+        if not self.finish_reason:
+            self.finish_reason = derived
+        elif self.finish_reason != derived:
+            raise ValueError(
+                f"finish_reason {self.finish_reason!r} contradicts stopped={self.stopped} "
+                f"(expected one of {FINISH_REASONS}: {derived!r})"
+            )
+
+    @property
+    def tokens(self) -> int:
+        """Generated tokens in the answer (the stop token that ended it is not counted)."""
+        return len(self.token_ids)
 
 
 def user_turn(prompt: str) -> Conversation:
