@@ -100,7 +100,7 @@ def test_generate_json_reports_finish_reason_and_tokens(tiny_run):
               "--max-new-tokens", str(limit)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    answers = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    answers = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     run = load_run(tiny_run)
     assert [a["prompt"] for a in answers] == ["Say hi.", "Say no."]
     for answer in answers:
