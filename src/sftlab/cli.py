@@ -210,6 +210,28 @@ def demo(
     run_demo(out or Path("runs/demo"), overrides or [])
 
 
+@app.command("eval")
+def evaluate(
+    target: Annotated[str, typer.Argument(help="a run directory, or a model (name or folder)")],
+    out: Annotated[Path, typer.Option("--out", help="folder for eval.json and eval.html")],
+    data: Annotated[str | None, typer.Option(help="held-out rows (default: the run's eval split)")] = None,
+    baseline: Annotated[str | None, typer.Option(help="model to compare with (default: the run's base)")] = None,
+    shots: Annotated[int, typer.Option(help="few-shot examples in the baseline's prompt", min=0)] = 3,
+    train_data: Annotated[str | None, typer.Option("--train", help="where few-shot examples come from (default: the run's training split)")] = None,
+    metric: Annotated[str | None, typer.Option(help="exact|contains|regex|numeric|json|json_schema|rouge_l (default rouge_l; a row's 'metric' field wins)")] = None,
+    general: Annotated[str | None, typer.Option(help="general text for perplexity (default: the shipped C4 excerpt)")] = None,
+    safety: Annotated[bool, typer.Option("--safety", help="refusal / over-refusal probes")] = False,
+    lm_eval: Annotated[str | None, typer.Option("--lm-eval", help="lm-eval-harness tasks, e.g. arc_easy (needs sftlab[lm-eval])")] = None,
+    max_new_tokens: int = 96,
+) -> None:
+    """Did fine-tuning help, would a prompt have done as well, what did it cost: eval.json + eval.html."""
+    from sftlab.recipes.evaluate import EvalOptions, run_eval
+
+    run_eval(EvalOptions(target, out, data, baseline, shots, train_data, metric, general, safety,
+                         lm_eval, max_new_tokens))  # fmt: skip
+    print(f"wrote {out / 'eval.json'} and {out / 'eval.html'}")
+
+
 def _quiet_libraries() -> None:
     """Our own progress and messages only: library progress bars and advisory warnings hide
     what matters on a terminal (they still appear with SFTLAB_VERBOSE=1)."""

@@ -113,6 +113,33 @@ class LoraConfig(Strict):
     target_modules: str | list[str] = "all-linear"
 
 
+TRACKERS = Literal[
+    "tensorboard", "mlflow", "wandb", "trackio", "aim", "comet_ml", "clearml", "dvclive", "swanlab"
+]
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb",
+                    "trackio": "trackio", "aim": "aim", "comet_ml": "comet_ml",
+                    "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab"}  # fmt: skip
+
+
+def tracker_installed(name: str) -> bool:
+    """Whether accelerate can use this tracker here (it silently drops one that is missing)."""
+    from importlib.util import find_spec
+
+    if name == "tensorboard":  # accelerate takes torch.utils.tensorboard or tensorboardX
+        return find_spec("tensorboard") is not None or find_spec("tensorboardX") is not None
+    return find_spec(TRACKER_PACKAGES[name]) is not None
+
+
+class ProbeConfig(Strict):
+    """Cheap behaviour probes at each eval: greedy answers to a few held-out prompts."""
+
+    prompts: int = Field(default=4, ge=0)
+    """Eval rows probed (their prompts, answers as references); 0 turns the probes off."""
+    max_new_tokens: int = Field(default=32, gt=0)
+    metric: Literal["exact_match", "contains", "numeric_match", "rouge_l"] = "exact_match"
+    """How an answer is scored against the eval row's own answer (sftlab.eval.metrics)."""
+
+
 class TrainConfig(Strict):
     method: Literal["lora", "full"] = "lora"
     lr: float | None = Field(default=None, gt=0)
@@ -150,6 +177,22 @@ class TrainConfig(Strict):
     """true (or --resume): continue from the last complete checkpoint; auto: if there is one."""
     skip_nonfinite: int = Field(default=0, ge=0)
     """Steps with a NaN/Inf loss to skip (weights untouched) before the run stops."""
+
+    report_to: list[TRACKERS] = []
+    """Experiment trackers fed through accelerate (each needs its package installed), e.g.
+    [tensorboard]; their files go to RUN/trackers. Empty: only the run directory is written."""
+    probes: ProbeConfig = ProbeConfig()
+    """Behaviour probes at each eval (stop rate, task accuracy on held-out prompts);
+    `train.probes.prompts=0` turns them off."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, value: list[str]) -> list[str]:
+        missing = [f"{name} needs the {TRACKER_PACKAGES[name]!r} package (pip install "
+                   f"{TRACKER_PACKAGES[name]})" for name in value if not tracker_installed(name)]  # fmt: skip
+        if missing:
+            raise ValueError("; ".join(missing))
+        return list(dict.fromkeys(value))
 
     def peak_lr(self) -> float:
         if self.lr is not None:

@@ -35,10 +35,11 @@ from sftlab.model.lora import add_lora, count_parameters
 from sftlab.model.loss import SupervisedLoss
 from sftlab.model.memory import recompute_gated_products
 from sftlab.pack.packing import build_rows
+from sftlab.recipes.observe import RunObserver
 from sftlab.recipes.prepare import Prepared, prepare_data, write_preflight
 from sftlab.template.checks import preflight
 from sftlab.train import checkpoint, loop
-from sftlab.train.metrics import Reporter, append_record
+from sftlab.train.metrics import Reporter, tracker_config
 from sftlab.train.optim import build_optimizer
 from sftlab.train.resume import (
     StopSignals,
@@ -90,6 +91,7 @@ def build_model(config: RunConfig, ref: ModelRef, precision: str, attention: str
 def make_accelerator(config: RunConfig, precision: str):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import ProjectConfiguration
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # accelerate keeps one global state per process; a second run in the same process
@@ -99,6 +101,11 @@ def make_accelerator(config: RunConfig, precision: str):
         mixed_precision=accelerate_precision(precision),
         cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=1,  # the loop accumulates itself (token-normalised)
+        # trackers (train.report_to) through accelerate's integration, their files in RUN/trackers
+        log_with=list(config.train.report_to) or None,
+        project_config=ProjectConfiguration(
+            project_dir=str(config.run_dir()), logging_dir=str(config.run_dir() / "trackers")
+        ),
     )
 
 
@@ -226,6 +233,8 @@ def train(
     accelerator = make_accelerator(config, resolve_precision(config.train.precision, device_type))
     main = accelerator.is_main_process
     say = print if main else (lambda *a, **k: None)
+    if config.train.report_to:  # init_trackers runs on the main process only
+        accelerator.init_trackers(config.name, config=tracker_config(config.model_dump(mode="json")))
 
     prepared = prepare_data(config, base_dir, say)
     meta = checkpoint_meta(config, prepared)
@@ -241,13 +250,18 @@ def train(
     check_disk_space(run_dir, f["trainable_parameters"], f["total_parameters"], config.train.keep_last,
                      f["method"] == "full", config.export.merged)  # fmt: skip
 
-    state, meta["eval_loss_before"] = start_or_resume(session, run_dir, resume_from, main, say)
-    state = train_with_checkpoints(session, config, run_dir, state, meta, main)
+    observer = RunObserver(run_dir, config, prepared, session,
+                           resume_from.step if resume_from else 0, say)  # fmt: skip
+    state, meta["eval_loss_before"] = start_or_resume(session, run_dir, resume_from, main, say,
+                                                      observer)  # fmt: skip
+    state = train_with_checkpoints(session, config, run_dir, state, meta, main, observer)
     eval_after = session.evaluate()
     if main:
-        append_record(run_dir / "metrics.jsonl", {"step": state.step, "eval_loss": eval_after})
+        observer.log_eval({"step": state.step, "eval_loss": eval_after})
         finish(run_dir, session, prepared, config, state, meta["eval_loss_before"], eval_after, say)
+        observer.report()  # now with the summary
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # flushes and closes the trackers
     if config.export.merged and main:
         from sftlab.export.merge import export_merged
 
@@ -255,7 +269,7 @@ def train(
     return run_dir
 
 
-def start_or_resume(session: Session, run_dir: Path, resume_from, main: bool, say):
+def start_or_resume(session: Session, run_dir: Path, resume_from, main: bool, say, observer):
     """A fresh LoopState and the eval loss before training, or both restored from a checkpoint."""
     metrics = run_dir / "metrics.jsonl"
     if resume_from is None:
@@ -263,8 +277,10 @@ def start_or_resume(session: Session, run_dir: Path, resume_from, main: bool, sa
             metrics.unlink(missing_ok=True)
         before = session.evaluate()
         if main:
-            append_record(metrics, {"step": 0, "eval_loss": before})
-            say(f"eval loss before training: {before:.4f}")
+            observer.log_eval(record := {"step": 0, "eval_loss": before})
+            probe = record.get("probe_stop_rate")
+            say(f"eval loss before training: {before:.4f}"
+                + (f" (probe stop rate {probe:.2f})" if probe is not None else ""))  # fmt: skip
         return loop.LoopState(), before
     saved = checkpoint.load(resume_from, session.unwrapped, session.optimizer, session.scaler)
     if main:
@@ -274,7 +290,7 @@ def start_or_resume(session: Session, run_dir: Path, resume_from, main: bool, sa
 
 
 def train_with_checkpoints(
-    session: Session, config: RunConfig, run_dir: Path, state, meta, main: bool
+    session: Session, config: RunConfig, run_dir: Path, state, meta, main: bool, observer
 ):
     """The loop, with a checkpoint every save_every steps, at the end, and on SIGINT/SIGTERM."""
     t = config.train
@@ -298,7 +314,8 @@ def train_with_checkpoints(
 
     reporter = Reporter(
         run_dir / "metrics.jsonl", session.settings.total_steps, enabled=main, start_step=state.step,
-        log_every=t.log_every,
+        log_every=t.log_every, accelerator=session.accelerator, on_eval=observer.probe,
+        after_eval=observer.report,
     )  # fmt: skip
     with StopSignals() as signals:
         hooks = loop.Hooks(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
@@ -95,6 +95,37 @@ def svg_histogram(
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # row counts: no 0.5 ticks
     ax.set_xlabel(xlabel)
     ax.set_ylabel("rows")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _svg(fig)
+
+
+def svg_lines(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    log_y: bool = False,
+    points: bool = False,
+) -> Markup:
+    """Line chart, one line per named (xs, ys) series, as inline SVG; NaN values leave gaps.
+    points: mark each value (few values per line, e.g. eval passes)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.6, 2.6), layout="constrained")
+    ax = fig.subplots()
+    drawn = 0
+    for label, (xs, ys) in series.items():
+        if len(xs):
+            ax.plot(xs, ys, label=label, linewidth=1.4, marker="o" if points else None,
+                    markersize=3)  # fmt: skip
+            drawn += 1
+    if not drawn:
+        ax.text(0.5, 0.5, "no values yet", ha="center", va="center", transform=ax.transAxes)
+    elif len(series) > 1:
+        ax.legend(frameon=False, fontsize=8)
+    if log_y and drawn:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.spines[["top", "right"]].set_visible(False)
     return _svg(fig)
 

@@ -1,0 +1,146 @@
+"""report.html and the behaviour probes of a training run, on a tiny Llama trained in the test.
+
+The run memorises three question/answer pairs (full fine-tuning, high learning rate): before
+training the random model never ends its turn; after it, every probe answer is the reference."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from conftest import CHROMIUM_ARGS, make_tiny_tokenizer
+from test_recipe_smoke import QA, lines, tiny_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class _Parts(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.marks: list[str] = []
+        self._in_mark = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._in_mark = tag == "mark"
+
+    def handle_endtag(self, tag):
+        if tag == "mark":
+            self._in_mark = False
+
+    def handle_data(self, data):
+        if self._in_mark:
+            self.marks.append(data)
+
+
+def parse(html: str) -> _Parts:
+    parts = _Parts()
+    parts.feed(html)
+    return parts
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir):
+    """One run, 50 steps, eval every 25; the run report's writes watched as they happen."""
+    import sftlab.report.run_page as run_page
+    from sftlab.recipes.sft import train
+
+    tmp = tmp_path_factory.mktemp("report")
+    seen: list[list[int]] = []  # eval steps in metrics.jsonl at each rewrite of the page
+    original = run_page.write_run_report
+
+    def watched(run_dir, pieces=None):
+        seen.append([r["step"] for r in lines(Path(run_dir) / "metrics.jsonl") if "eval_loss" in r])
+        return original(run_dir, pieces)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(run_page, "write_run_report", watched)
+    try:
+        run = train(tiny_config(tmp, tiny_model_dir, "train.method=full", "train.lr=1e-2",
+                                "train.epochs=25", "train.max_steps=50", "train.eval_every=25",
+                                "train.warmup_ratio=0"))  # fmt: skip
+    finally:
+        mp.undo()
+    return run, seen
+
+
+def test_probe_figures_join_each_eval_record(trained):
+    run, _ = trained
+    evals = [r for r in lines(run / "metrics.jsonl") if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [0, 25, 50, 50]
+    # 3 eval rows (tiny_config: eval_rows=3), each probed; shares of 3 answers
+    assert all(r["probe_stop_rate"] in (0, 1 / 3, 2 / 3, 1) for r in evals)
+    assert evals[0]["probe_stop_rate"] == 0.0 and evals[0]["probe_task_accuracy"] == 0.0
+    assert evals[-1]["probe_stop_rate"] == 1.0 and evals[-1]["probe_task_accuracy"] == 1.0
+    probes = lines(run / "probes.jsonl")
+    assert [p["step"] for p in probes] == [0, 25, 50]  # the final eval at step 50 is not re-run
+    answers = {a["prompt"]: a for a in probes[-1]["answers"]}
+    assert len(probes[-1]["answers"]) == 3
+    tokenizer = make_tiny_tokenizer()
+    for question, answer in QA:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+        if prompt in answers:  # the prompt is the eval row cut before its answer, as templated
+            assert answers[prompt]["reference"] == answer
+            assert answers[prompt]["answer"] == answer and answers[prompt]["stopped"]
+
+
+def test_report_is_rewritten_after_every_eval(trained):
+    run, seen = trained
+    # before training, after the evals at steps 25 and 50, the final eval, then with the summary
+    assert seen == [[0], [0, 25], [0, 25, 50], [0, 25, 50, 50], [0, 25, 50, 50]]
+    assert not (run / "report.html.tmp").exists()
+
+
+def test_report_shows_curves_mask_row_and_final_eval(trained):
+    run, _ = trained
+    html = (run / "report.html").read_text(encoding="utf-8")
+    parts = parse(html)
+    chart_ids = [a["id"] for t, a in parts.tags if t == "div" and a.get("id", "").startswith("chart-")]
+    assert chart_ids == ["chart-loss", "chart-lr", "chart-speed", "chart-probes"]
+    assert sum(t == "svg" for t, _ in parts.tags) == 4
+    # the highlighted row: exactly one assistant answer and its end-of-turn token are marked,
+    # and marked plus unmarked text is the whole conversation as the chat template writes it
+    marks = [m for m in parts.marks if m != "highlighted"]  # the legend's own example
+    assert len(marks) == 1
+    question, answer = next((q, a) for q, a in QA if marks[0] == a + "<|im_end|>")
+    tokenizer = make_tiny_tokenizer()
+    whole = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+        tokenize=False,
+    )
+    row = html.split('id="mask-row"><pre>')[1].split("</pre>")[0]
+    plain = row.replace('<mark class="tok" title="supervised">', "").replace("</mark>", "")
+    assert plain.replace("&lt;", "<").replace("&gt;", ">") == whole
+    summary = json.loads((run / "summary.json").read_text())
+    assert f"{summary['eval_loss_after']}" in html  # the final eval table
+    assert html.count("<tr><td><pre>") == 3  # three probe answers
+    assert "no (token limit)" not in html  # all three stopped at step 50
+
+
+def test_report_in_a_browser_renders_charts_without_errors(trained, chromium, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    run, _ = trained
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto((run / "report.html").resolve().as_uri())
+        boxes = [page.locator(f"#chart-{name} svg").bounding_box()
+                 for name in ("loss", "lr", "speed", "probes")]  # fmt: skip
+        lines_drawn = page.locator("#chart-loss svg path").count()
+        browser.close()
+    assert errors == []
+    assert all(r.startswith(("file:", "data:")) for r in requests), requests
+    assert all(b is not None and b["width"] > 200 and b["height"] > 80 for b in boxes), boxes
+    assert lines_drawn > 2  # axes, the train and the eval curve
