@@ -90,6 +90,12 @@ def test_cli_writes_the_five_outputs_and_accounts_for_every_row(inputs, tmp_path
     assert back.fmt == "messages" and len(back.conversations) == 5 and not back.rejected
 
 
+def test_a_file_named_twice_is_audited_once(inputs, tmp_path):
+    chat, _ = inputs
+    _, summary = run_audit([chat, chat], build_options(HygieneConfig()), tmp_path / "o", say=lambda _: None)
+    assert summary["totals"]["rows"] == 7 and summary["inputs"] == [str(chat)]
+
+
 def test_decisions_are_applied_after_the_audit(inputs, tmp_path, capsys):
     from sftlab.recipes.audit import audit_command
 

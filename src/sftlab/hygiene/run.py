@@ -56,6 +56,7 @@ def run_audit(
     scorer: Scorer | None = None,
     say: Callable[[str], None] = print,
 ) -> tuple[AuditResult, dict]:
+    files = list({Path(f).resolve(): Path(f) for f in files}.values())  # a file named twice: once
     names = source_names(files)
     sources = [load_input(path, name=name) for path, name in zip(files, names, strict=True)]
     options.scorer = scorer or options.scorer
