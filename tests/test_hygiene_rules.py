@@ -187,3 +187,15 @@ def test_length_ratio_outliers_are_judged_against_the_dataset():
     found = length_ratio(rows, RULES["length_ratio"].threshold)
     assert [i for i, f in enumerate(found) if f] == [40]
     assert "unusually long" in found[40].reason
+
+
+def test_raw_documents_are_not_answers_to_finish_or_to_keep_short():
+    from sftlab.hygiene import length
+
+    doc = row_text(Conversation(kind="text", text="A long page that ends on a link list and", source=RowRef("d.txt", 1, 0)), "d.txt:1")
+    doc.response_tokens = 10_000
+    assert fire(structure.truncated, doc) is None
+    assert fire(length.response_too_long, doc) is None
+    answer = chat("Tell me.", "word " * 5000)
+    answer.response_tokens = 5000
+    assert fire(length.response_too_long, answer).score == 5000

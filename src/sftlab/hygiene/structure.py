@@ -67,6 +67,8 @@ def echo(row: RowText, threshold: float, ctx: RuleContext) -> Finding | None:
 
 
 def truncated(row: RowText, threshold: float, ctx: RuleContext) -> Finding | None:
+    if row.is_text:
+        return None  # raw documents end on category lists, link text, cut-off pages: no answer to finish
     for i, (_, answer) in enumerate(row.turns):
         why = _truncation(answer)
         if why:
