@@ -199,12 +199,28 @@ def export(
 
 @app.command()
 def demo(
-    out: Annotated[Path | None, typer.Option(help="run directory (default runs/demo)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="run directory (default runs/demo, runs/instruct)")
+    ] = None,
     overrides: Annotated[
         list[str] | None, typer.Argument(help="key=value overrides, e.g. train.epochs=4")
     ] = None,
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="persona: teach the embedded instruct model a new identity; instruct: turn the "
+            "Gemma 3 270M base into an assistant that answers and stops"
+        ),
+    ] = "persona",
 ) -> None:
-    """Teach the embedded model a new identity, then compare base and tuned answers."""
+    """Fine-tune an embedded model, then compare base and tuned answers side by side."""
+    if kind == "instruct":
+        from sftlab.recipes.instruct import run_instruct_demo
+
+        run_instruct_demo(out or Path("runs/instruct"), overrides or [])
+        return
+    if kind != "persona":
+        raise SftlabError(f"--kind must be persona or instruct, not {kind!r}")
     from sftlab.recipes.demo import run_demo
 
     run_demo(out or Path("runs/demo"), overrides or [])
