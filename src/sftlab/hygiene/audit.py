@@ -215,18 +215,19 @@ def _finite(value: float) -> float | None:
 
 
 def _select(alive: list[int], scores: Sequence[Any], findings: list[list[Finding]], n: int) -> None:
-    def key(k: int) -> tuple:
-        ifd = scores[k].ifd
-        usable = ifd is not None and math.isfinite(ifd) and ifd < 1
-        return (0, -ifd) if usable else (1, 0.0)
+    """Reject the alive rows outside the n best by IFD (model_scores.select_best's order)."""
+    from sftlab.hygiene.model_scores import select_best  # torch: only when a model scored rows
 
-    order = sorted(range(len(alive)), key=key)
-    cut = scores[order[n - 1]].ifd if 0 < n <= len(order) else float("nan")
-    for k in order[n:]:
+    chosen = set(select_best(scores, n))
+    for k in range(len(alive)):
+        if k in chosen:
+            continue
         ifd = scores[k].ifd
+        value = ifd if ifd is not None and math.isfinite(ifd) else float("nan")
         findings[alive[k]].append(Finding(
-            "not_selected", ifd if ifd is not None and math.isfinite(ifd) else float("nan"), cut,
-            f"IFD {ifd:.3f} is not among the {n} best (the {n}-th best is {cut:.3f}; best = highest below 1)",
+            "not_selected", value, float(n),
+            f"IFD {value:.3f} is not among the {n} best (highest IFD below 1 first, then the "
+            "lowest at or above 1)",
         ))  # fmt: skip
 
 
