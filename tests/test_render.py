@@ -297,14 +297,16 @@ def test_default_system_prompt_is_baked_into_the_template(tiny_tokenizer):
 # -- templates that cannot be trained safely ---------------------------------------------------
 
 
-def test_model_without_template_needs_an_explicit_choice():
+def test_model_without_template_gets_its_familys_format_or_an_explicit_choice():
+    """Issue 14: auto picks the library format whose markers are the vocabulary's tokens (the
+    tiny tokenizer has ChatML's); without any family's markers it stops and names the options
+    (tests/test_template_library.py)."""
     tok = make_tiny_tokenizer(chat_template=None)
-    with pytest.raises(TemplateError, match="chatml"):
-        renderer_for(tok)
-    r = renderer_for(tok, chat_template="chatml")
-    assert supervised_text(r.encode(conv(("user", "a"), ("assistant", "b"))), tok) == [
-        "b<|im_end|>"
-    ]
+    for r in (renderer_for(tok), renderer_for(tok, chat_template="chatml")):
+        assert r.fmt.name == "chatml"
+        assert supervised_text(r.encode(conv(("user", "a"), ("assistant", "b"))), tok) == [
+            "b<|im_end|>"
+        ]
 
 
 def test_template_without_end_of_turn_is_refused():

@@ -80,7 +80,7 @@ def data_inspect(
     data_format: Annotated[
         str, typer.Option(help="auto, alpaca, sharegpt, messages, prompt_completion, text")
     ] = "auto",
-    chat_template: Annotated[str, typer.Option(help="auto, chatml or a .jinja file")] = "auto",
+    chat_template: Annotated[str, typer.Option(help="auto, gemma, llama3, chatml, mistral, plain or a .jinja file")] = "auto",
     system_prompt: Annotated[str | None, typer.Option(help="default system prompt")] = None,
     mask: Annotated[str, typer.Option(help="assistant, last_assistant or all")] = "assistant",
     max_length: Annotated[int, typer.Option(help="tokens per row")] = 1024,

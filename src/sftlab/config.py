@@ -26,6 +26,7 @@ from sftlab.core.yamlfile import Loader as _Loader
 from sftlab.core.yamlfile import duplicate_keys as _duplicate_keys
 from sftlab.core.yamlfile import key_lines as _key_lines
 from sftlab.core.yamlfile import load_yaml as _load_yaml
+from sftlab.template.library import NAMES as TEMPLATE_NAMES
 
 
 def _bool_or_auto(value):
@@ -87,7 +88,9 @@ class DataConfig(Strict):
 
 class TemplateConfig(Strict):
     chat_template: str = "auto"
-    """auto: the model's own template (error if it has none); chatml: the built-in ChatML; or a .jinja path."""
+    """auto: the model's own template, else its family's from sftlab's library when the family's
+    markers are tokens of the vocabulary (else an error); a library name (gemma, llama3, chatml,
+    mistral, plain: markers the vocabulary lacks are added as tokens); or a .jinja path."""
     system_prompt: str | None = None
     """Used for conversations without a system message, in training and at inference alike."""
     mask: Literal["assistant", "last_assistant", "all"] = "assistant"
@@ -369,13 +372,13 @@ def _path_problems(tree: dict, base_dir: Path | None, lines: dict, source: str) 
     )
     if (
         isinstance(template, str)
-        and template not in ("auto", "chatml")
+        and template not in ("auto", *TEMPLATE_NAMES)
         and find(template, base_dir) is None
     ):
         problems.append(
             _describe(
                 ("template", "chat_template"),
-                f"not auto, chatml or an existing file: {template}",
+                f"not auto, one of {', '.join(TEMPLATE_NAMES)} or an existing file: {template}",
                 lines,
                 source,
             )

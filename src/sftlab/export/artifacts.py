@@ -22,6 +22,7 @@ import torch
 from sftlab.core.errors import SftlabError
 from sftlab.core.io import read_json, write_json
 from sftlab.model.load import ModelRef, load_model, load_tokenizer, resolve_model
+from sftlab.model.vocab import grow_embeddings
 from sftlab.template.render import ChatFormat, Renderer
 
 
@@ -90,8 +91,9 @@ def load_run(
         base_ref = resolve_model(
             trained.get("source") or trained["name"], permissions["allow_pickle"], run_dir
         )
-        model = PeftModel.from_pretrained(load_model(base_ref, dtype=dtype, **permissions),
-                                          run_dir / "adapter")  # fmt: skip
+        base = load_model(base_ref, dtype=dtype, **permissions)
+        grow_embeddings(base, fmt.added_token_ids)  # the rows the run started from
+        model = PeftModel.from_pretrained(base, run_dir / "adapter")
         if merged:
             model = model.merge_and_unload()
     else:

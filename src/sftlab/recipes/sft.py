@@ -34,6 +34,7 @@ from sftlab.model.load import ModelRef, load_model
 from sftlab.model.lora import add_lora, count_parameters
 from sftlab.model.loss import SupervisedLoss
 from sftlab.model.memory import recompute_gated_products
+from sftlab.model.vocab import grow_embeddings
 from sftlab.pack.packing import build_rows
 from sftlab.recipes.observe import RunObserver
 from sftlab.recipes.prepare import Prepared, prepare_data, write_preflight
@@ -63,7 +64,10 @@ def prepare_run_dir(config: RunConfig) -> Path:
     return run_dir
 
 
-def build_model(config: RunConfig, ref: ModelRef, precision: str, attention: str):
+def build_model(
+    config: RunConfig, ref: ModelRef, precision: str, attention: str, added_ids=()
+):
+    """`added_ids`: template markers the chat format added to the tokenizer (rows to grow)."""
     t = config.train
     dtype = storage_dtype(config.model.dtype, precision, t.method)
     model = load_model(
@@ -73,6 +77,7 @@ def build_model(config: RunConfig, ref: ModelRef, precision: str, attention: str
         trust_remote_code=config.model.trust_remote_code,
         allow_pickle=config.model.allow_pickle,
     )
+    grow_embeddings(model, added_ids)
     model.config.use_cache = False
     if not t.compile and not torch.cuda.is_available():  # compiled layers recompute by themselves
         recompute_gated_products(model)
@@ -128,6 +133,8 @@ def manifest(config: RunConfig, prepared: Prepared, extra: dict) -> dict:
             "trust_remote_code": config.model.trust_remote_code,
         },
         "tokenizer_sha256": hash_path(tokenizer_file) if tokenizer_file.is_file() else None,
+        "template": renderer.fmt.name,  # "model", a library format (auto-chosen or named), a file
+        "added_token_ids": list(renderer.fmt.added_token_ids),
         "template_sha256": hash_text(renderer.fmt.template),
         "end_of_turn": renderer.fmt.end_of_turn,
         "data": prepared.sources,
@@ -177,7 +184,8 @@ def setup(config: RunConfig, prepared: Prepared, accelerator, device_type: str, 
     attention = resolve_attention(config.model.attn_implementation, device_type)
     train_rows = build_rows(prepared.train, tmpl.max_length, packing)
     eval_rows = build_rows(prepared.eval, tmpl.max_length, packing)
-    model = build_model(config, prepared.ref, precision, attention_for(attention, tmpl.max_length))
+    model = build_model(config, prepared.ref, precision, attention_for(attention, tmpl.max_length),
+                        prepared.renderer.fmt.added_token_ids)  # fmt: skip
     trainable, total = count_parameters(model)
     say(
         f"model: {config.model.name} ({t.method}, {trainable:,} of {total:,} parameters trained; "

@@ -7,12 +7,13 @@ that says how to pick the built-in ChatML explicitly (never a silent fallback).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from sftlab.config import TemplateConfig
 from sftlab.core.errors import RowError, TemplateError
 from sftlab.core.types import Message, ToolCall
-from sftlab.template import jinja
+from sftlab.template import jinja, library
 from sftlab.template.messages import to_template_dict
 from sftlab.template.render import ChatFormat, placeholder
 
@@ -20,29 +21,45 @@ _PROBE_TOOL = "sftlab_probe_tool"
 
 
 def template_source(tokenizer, choice: str) -> str:
+    return choose_template(tokenizer, choice)[0]
+
+
+def choose_template(tokenizer, choice: str) -> tuple[str, str]:
+    """(Jinja source, what it is: "model", a library name, or the file's path)."""
     if choice == "auto":
         source = getattr(tokenizer, "chat_template", None)
         if isinstance(source, dict):  # several named templates: the default one trains chat
             source = source.get("default")
-        if not source:
-            raise TemplateError(
-                "this model has no chat template. Set template.chat_template: chatml to use "
-                "the built-in ChatML template, or give the path of a .jinja file"
-            )
-        return source
-    if choice == "chatml":
-        missing = [t for t in ("<|im_start|>", "<|im_end|>") if t not in tokenizer.get_vocab()]
-        if missing:
-            raise TemplateError(
-                f"template.chat_template: chatml needs the tokens {missing} in the vocabulary, "
-                "and this tokenizer lacks them; use the model's own template or a .jinja file "
-                "written with its own turn markers"
-            )
-        return jinja.CHATML
+        if source:
+            return source, "model"
+        family = auto_family(tokenizer)
+        return library.source(family), family
+    if choice in library.NAMES:
+        return library.source(choice), choice
     path = Path(choice).expanduser()
     if not path.is_file():
-        raise TemplateError(f"template.chat_template: {choice!r} is not auto, chatml or a file")
-    return path.read_text(encoding="utf-8")
+        raise TemplateError(
+            f"template.chat_template: {choice!r} is not auto, one of {', '.join(library.NAMES)} "
+            "or a .jinja file"
+        )
+    return path.read_text(encoding="utf-8"), str(path)
+
+
+def auto_family(tokenizer) -> str:
+    """The library format of a model without a template: its family's, when the family's turn
+    markers are single tokens of its vocabulary; anything else is the user's choice."""
+    found = library.families_in_vocabulary(tokenizer)
+    options = (
+        f"set template.chat_template to one of {', '.join(library.NAMES)} (sftlab's library; "
+        "markers missing from the vocabulary are added as new tokens and trained) or to a .jinja file"
+    )
+    if len(found) != 1:
+        why = "no" if not found else f"several ({', '.join(found)})"
+        raise TemplateError(
+            f"this model has no chat template, and {why} known turn formats have their markers "
+            f"in its vocabulary, so sftlab cannot tell which to use: {options}"
+        )
+    return found[0]
 
 
 def _probe(tokenizer, source: str, messages: list[Message], tools=None) -> str:
@@ -115,10 +132,27 @@ def with_default_system(source: str, prompt: str | None) -> str:
     )
 
 
-def build_chat_format(tokenizer, config: TemplateConfig) -> ChatFormat:
-    source = with_default_system(
-        template_source(tokenizer, config.chat_template), config.system_prompt
-    )
+def build_chat_format(tokenizer, config: TemplateConfig, say=None) -> ChatFormat:
+    """The run's ChatFormat. A library format may add its markers to the tokenizer (in place):
+    the model then needs rows for `added_token_ids` (model/vocab.py)."""
+    from sftlab.model.vocab import add_marker_tokens  # imports torch: only when needed
+
+    source, name = choose_template(tokenizer, config.chat_template)
+    added: list[int] = []
+    if name != "model":
+        added = add_marker_tokens(tokenizer, library.MARKERS.get(name, ()))
+        source = with_bos(tokenizer, source)
+    if config.chat_template == "auto" and name != "model":
+        (say or _stderr)(
+            f"template: the model has no chat template; using sftlab's {name!r} turn format "
+            f"(its markers {', '.join(library.MARKERS[name])} are tokens of the vocabulary)"
+        )
+    elif added:
+        (say or _stderr)(
+            f"template: added {len(added)} marker token(s) to the vocabulary for {name!r} "
+            f"(ids {added}); their embedding rows start at the mean row and are trained"
+        )
+    source = with_default_system(source, config.system_prompt)
     token, token_id = find_end_of_turn(tokenizer, source, config.end_of_turn)
     return ChatFormat(
         template=source,
@@ -126,4 +160,25 @@ def build_chat_format(tokenizer, config: TemplateConfig) -> ChatFormat:
         end_of_turn_id=token_id,
         native_tools=renders_tool_calls(tokenizer, source),
         mask=config.mask,
+        name=name,
+        added_token_ids=tuple(added),
     )
+
+
+def with_bos(tokenizer, source: str) -> str:
+    """Exactly one BOS, whichever of tokenizer and template adds it. A tokenizer that puts BOS
+    before every text (Gemma's) needs it at the start of a conversation; a template that does not
+    write it gets it written first, so that the text tokenized without special tokens (as
+    apply_chat_template and vLLM do), training and the exported template agree."""
+    bos = tokenizer.bos_token
+    if not bos or tokenizer("a", add_special_tokens=True)["input_ids"][:1] != [
+        tokenizer.bos_token_id
+    ]:
+        return source
+    if _probe(tokenizer, source, [Message("user", "x")]).startswith(bos):
+        return source
+    return "{{ bos_token }}" + source
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)

@@ -64,6 +64,8 @@ class ChatFormat:
     end_of_turn_id: int
     native_tools: bool = False
     mask: str = "assistant"  # assistant | last_assistant | all
+    name: str = "model"  # the model's own template, a library format's name, or a file's path
+    added_token_ids: tuple[int, ...] = ()  # markers added to the vocabulary (rows to train)
 
 
 class Renderer:
