@@ -1,4 +1,4 @@
-"""`sftlab data|train|chat|generate|export|demo`: thin commands over recipes and stages.
+"""`sftlab data|train|chat|generate|export|demo|compare|sweep`: thin commands over recipes and stages.
 
 Every SftlabError ends as one readable message and exit code 2, never a traceback.
 """
@@ -246,6 +246,38 @@ def evaluate(
     run_eval(EvalOptions(target, out, data, baseline, shots, train_data, metric, general, safety,
                          lm_eval, max_new_tokens))  # fmt: skip
     print(f"wrote {out / 'eval.json'} and {out / 'eval.html'}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="run directories written by sftlab train")],
+    out: Annotated[Path, typer.Option("--out", help="folder for compare.html and compare.json")],
+) -> None:
+    """Several runs on one page: figures, loss and probe curves, answers side by side."""
+    from sftlab.recipes.compare import compare_runs
+
+    print(f"wrote {compare_runs(runs, out)}")
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="YAML config file")],
+    lr: Annotated[str, typer.Option("--lr", help="learning rates, e.g. 1e-5,5e-5,2e-4")],
+    epochs: Annotated[str | None, typer.Option(help="epochs to try, e.g. 1,3")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="budget per run (steps)", min=1)
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="folder (default runs/<name>-sweep)")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides for every run")
+    ] = None,
+) -> None:
+    """Train a learning-rate (x epochs) grid one run after another; report the best."""
+    from sftlab.recipes.sweep import parse_grid
+    from sftlab.recipes.sweep import sweep as run_sweep
+
+    lrs, epoch_grid = parse_grid(lr, "--lr"), parse_grid(epochs, "--epochs")
+    run_sweep(config, lrs, epoch_grid, out, max_steps, overrides or [])
 
 
 def _quiet_libraries() -> None:

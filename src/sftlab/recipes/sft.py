@@ -269,7 +269,8 @@ def train(
         finish(run_dir, session, prepared, config, state, meta["eval_loss_before"], eval_after, say)
         observer.report()  # now with the summary
     accelerator.wait_for_everyone()
-    accelerator.end_training()  # flushes and closes the trackers
+    for tracker in accelerator.trackers:  # flush and close (end_training would also end the
+        tracker.finish()  # process group, which a caller running more than one train needs)
     if config.export.merged and main:
         from sftlab.export.merge import export_merged
 

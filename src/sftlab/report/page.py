@@ -105,6 +105,7 @@ def svg_lines(
     ylabel: str,
     log_y: bool = False,
     points: bool = False,
+    log_x: bool = False,
 ) -> Markup:
     """Line chart, one line per named (xs, ys) series, as inline SVG; NaN values leave gaps.
     points: mark each value (few values per line, e.g. eval passes)."""
@@ -124,6 +125,8 @@ def svg_lines(
         ax.legend(frameon=False, fontsize=8)
     if log_y and drawn:
         ax.set_yscale("log")
+    if log_x and drawn:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.spines[["top", "right"]].set_visible(False)

@@ -40,6 +40,7 @@ class RunRecords:
     probes: list[dict] = field(default_factory=list)  # probes.jsonl: {"step", "answers"}
     summary: dict | None = None
     mask: dict | None = None
+    label: str = ""  # the name a comparison shows (the folder's, where names repeat)
 
     def series(self, key: str, evals: bool = False) -> tuple[list[float], list[float]]:
         records = [r for r in (self.evals if evals else self.steps) if key in r]
@@ -69,6 +70,7 @@ def read_run(run_dir: Path) -> RunRecords:
         probes=_jsonl(run_dir / "probes.jsonl") if (run_dir / "probes.jsonl").is_file() else [],
         summary=_json(run_dir / "summary.json"),
         mask=_json(run_dir / "mask_report.json"),
+        label=str(config.get("name") or run_dir.name),
     )
 
 
