@@ -182,3 +182,36 @@ def test_demo_kind_must_be_known():
     result = CliRunner().invoke(app, ["demo", "--kind", "poetry"])
     assert result.exit_code != 0
     assert "--kind must be persona or instruct" in str(result.exception)
+
+
+def test_demo_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, monkeypatch):
+    """The whole demo's wiring in seconds: a tiny random Llama (ChatML template) stands in for
+    Gemma, two training steps, 8-token answers. The figures are meaningless here; their presence
+    and consistency with the answers and the run directory are not."""
+    from sftlab.recipes import instruct
+    from sftlab.recipes.instruct import run_instruct_demo
+
+    monkeypatch.setattr(instruct, "MAX_NEW_TOKENS", 8)
+
+    run_dir = tmp_path / "instruct"
+    summary = run_instruct_demo(
+        run_dir, ["train.max_steps=2", "lora.r=2", "lora.alpha=4"], model=str(tiny_model_dir)
+    )
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    held = [json.loads(x) for x in (run_dir / "data" / "heldout.jsonl").read_text().splitlines()]
+    assert saved["heldout_prompts"] == [r["prompt"] for r in held] and saved["steps"] == 2
+    for stage in ("before", "fewshot", "after"):
+        answers, correct = saved[f"answers_{stage}"], saved[f"correct_{stage}"]
+        assert len(answers) == len(held) == len(correct)
+        checked = [c for c in correct if c is not None]
+        assert len(checked) == saved["checkable_prompts"]
+        assert saved[f"task_accuracy_{stage}"] == pytest.approx(
+            sum(checked) / len(checked), abs=1e-4
+        )
+        assert 0.0 <= saved[f"stop_rate_{stage}"] <= 1.0
+    for key in ("loop_rate_before", "loop_rate_after", "echo_rate_after", "train_seconds",
+                "template", "trained_token_rows", "run_dir", "few_shot_examples"):  # fmt: skip
+        assert key in saved, key
+    assert saved["run_dir"] == str(run_dir) and (run_dir / "adapter").is_dir()
+    assert len(saved["few_shot_examples"]) == 3
