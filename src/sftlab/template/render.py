@@ -269,9 +269,10 @@ class Renderer:
                 guarded.append(k)
             except RowError as err:
                 results[k] = err
-        retexts = ["".join(self._parts(*rows[k][1:], guarded=True)) for k in guarded]
-        for k, encoding in zip(guarded, self.whole.encode_guarded(retexts), strict=True):
-            results[k] = self._chat_example(*rows[k], encoding, guarded=True)
+        if guarded:  # the guarded tokenizer is built on first use: seconds for a big vocabulary
+            retexts = ["".join(self._parts(*rows[k][1:], guarded=True)) for k in guarded]
+            for k, encoding in zip(guarded, self.whole.encode_guarded(retexts), strict=True):
+                results[k] = self._chat_example(*rows[k], encoding, guarded=True)
         for k, row in enumerate(rows):
             if results[k] is None:
                 results[k] = self._chat_example(*row, encodings[k], guarded=False)
