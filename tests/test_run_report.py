@@ -144,3 +144,27 @@ def test_report_in_a_browser_renders_charts_without_errors(trained, chromium, tm
     assert all(r.startswith(("file:", "data:")) for r in requests), requests
     assert all(b is not None and b["width"] > 200 and b["height"] > 80 for b in boxes), boxes
     assert lines_drawn > 2  # axes, the train and the eval curve
+
+
+def test_probe_prompts_skip_text_rows_and_take_the_first_answer(tiny_tokenizer):
+    from sftlab.config import TemplateConfig
+    from sftlab.core.types import Conversation, Message
+    from sftlab.eval.probe import probe_prompts
+    from sftlab.template.format import build_chat_format
+    from sftlab.template.render import Renderer
+
+    renderer = Renderer(tiny_tokenizer, build_chat_format(tiny_tokenizer, TemplateConfig()))
+    turns = (Message("user", "a"), Message("assistant", "b"), Message("user", "c"),
+             Message("assistant", "d"))  # fmt: skip
+    examples = [renderer.encode(c) for c in (
+        Conversation(kind="text", text="raw text, supervised from its first token"),
+        Conversation(turns),
+        Conversation((Message("user", "Say hi."), Message("assistant", "Hi!"))),
+    )]  # fmt: skip
+    probes = probe_prompts(examples, tiny_tokenizer, [258], count=5)
+    assert [p.reference for p in probes] == ["b", "Hi!"]  # the text row has no prompt
+    prompt = tiny_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "a"}], add_generation_prompt=True, tokenize=False
+    )
+    assert probes[0].prompt_ids == tiny_tokenizer.encode(prompt, add_special_tokens=False)
+    assert probe_prompts(examples, tiny_tokenizer, [258], count=1)[0].reference == "b"
