@@ -124,3 +124,17 @@ def test_lm_eval_not_installed_is_a_clear_message(tmp_path, tiny_model_dir):
 def test_eval_page_without_eval_json_is_a_clear_error(tmp_path):
     with pytest.raises(SftlabError, match="no eval.json"):
         write_eval_page(tmp_path)
+
+
+def test_demo_heldout_identity_rows_judge_like_the_demo_adherence(tmp_path):
+    from sftlab.eval.tasks import load_task_file
+    from sftlab.recipes import persona
+    from sftlab.recipes.demo import write_heldout_identity
+
+    path = tmp_path / "heldout_identity.jsonl"
+    write_heldout_identity(path)
+    rows = load_task_file(path, None)
+    assert [r.prompt_text for r in rows] == list(persona.HELDOUT_QUESTIONS)
+    name = persona.PERSONA_NAME
+    for answer in (f"I am {name}.", f"{name.lower()}'s here", f"{name}ator", "I am SmolLM", ""):
+        assert rows[0].judge(answer) == float(persona.adheres(answer, name)), answer

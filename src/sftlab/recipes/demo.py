@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from importlib import resources
 from pathlib import Path
@@ -74,7 +75,17 @@ def write_data(data_dir: Path) -> tuple[Path, Path, list[dict]]:
         ),
         encoding="utf-8",
     )
+    write_heldout_identity(data_dir / "heldout_identity.jsonl")
     return identity_path, general_path, heldout
+
+
+def write_heldout_identity(path: Path) -> None:
+    """The held-out identity questions as eval rows for `sftlab eval RUN --data PATH`: the
+    reference is the persona's name and the metric the demo's own adherence test (whole word)."""
+    pattern = r"(?i)(?<!\w)" + re.escape(persona.PERSONA_NAME) + r"(?!\w)"
+    rows = [{"prompt": q, "completion": persona.PERSONA_NAME,
+             "metric": {"name": "regex", "pattern": pattern}} for q in persona.HELDOUT_QUESTIONS]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
 def demo_config(run_dir: Path, identity: Path, general: Path) -> RunConfig:
@@ -141,9 +152,11 @@ def run_demo(run_dir: Path, overrides: list[str] = ()) -> dict:
         "adherence_after": adherence(after[:n]),
         "stop_rate_before": stop_rate(before[:n]),
         "stop_rate_after": stop_rate(after[:n]),
-        "general_loss_before": round(general_loss_before, 4),
-        "general_loss_after": round(general_loss_after, 4),
-        "general_heldout_rows": len(general_convs),
+        # loss on the base model's own sampled answers to held-out general prompts: how close
+        # the model stays to the base model's behaviour (not a quality score of general answers)
+        "base_own_answers_loss_before": round(general_loss_before, 4),
+        "base_own_answers_loss_after": round(general_loss_after, 4),
+        "base_own_answers_rows": len(general_convs),
         "total_seconds": round(time.perf_counter() - started, 1),
         "run_dir": str(run_dir),
     }
@@ -173,8 +186,9 @@ def show(prompts, before, after, summary: dict) -> None:
         f"adherence (answers naming {summary['persona_name']}): "
         f"{summary['adherence_before']:.2f} -> {summary['adherence_after']:.2f}   "
         f"stop rate: {summary['stop_rate_before']:.2f} -> {summary['stop_rate_after']:.2f}\n"
-        f"loss on held-out general answers (lower = closer to the base model's own behaviour): "
-        f"{summary['general_loss_before']:.3f} -> {summary['general_loss_after']:.3f}\n"
+        f"loss on the base model's own answers to {summary['base_own_answers_rows']} held-out "
+        f"general prompts (lower = closer to the base model's behaviour): "
+        f"{summary['base_own_answers_loss_before']:.3f} -> {summary['base_own_answers_loss_after']:.3f}\n"
         f"training {summary['train_seconds']:.0f} s, whole demo {summary['total_seconds']:.0f} s; "
         f"run directory {summary['run_dir']}  (try: sftlab chat {summary['run_dir']})"
     )

@@ -92,6 +92,7 @@ def run_eval(opts: EvalOptions, say=print) -> dict:
         del model
         gc.collect()
     report = assemble(opts, plan, shots, probes, prompts, speed)
+    report = {"headline": headline(report)} | report
     report["seconds"] = round(time.perf_counter() - started, 1)
     opts.out.mkdir(parents=True, exist_ok=True)
     write_json(opts.out / "eval.json", report)
@@ -277,6 +278,15 @@ def safety_summary(probes: list[dict], sides: list[Side]) -> dict:
     ]
     return {"rates": rates, "n_harmful": sides[0].results["safety"]["n_harmful"],
             "n_benign": sides[0].results["safety"]["n_benign"], "probes": rows}  # fmt: skip
+
+
+def headline(report: dict) -> dict:
+    """The few numbers a comparison of runs shows first (sftlab compare reads two levels deep)."""
+    out = {f"{k}_score": v for k, v in report["task"]["scores"].items()}
+    out |= {f"{k}_stop_rate": v["stop_rate"] for k, v in report["health"].items()}
+    if "perplexity_change" in report["general_text"]:
+        out["perplexity_change"] = report["general_text"]["perplexity_change"]
+    return out
 
 
 def summary_line(report: dict) -> str:
