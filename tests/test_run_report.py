@@ -168,3 +168,16 @@ def test_probe_prompts_skip_text_rows_and_take_the_first_answer(tiny_tokenizer):
     )
     assert probes[0].prompt_ids == tiny_tokenizer.encode(prompt, add_special_tokens=False)
     assert probe_prompts(examples, tiny_tokenizer, [258], count=1)[0].reference == "b"
+
+
+def test_report_of_a_run_still_training_with_an_eval_json(tmp_path):
+    from sftlab.report.run_page import write_run_report
+    from test_compare import Q1, write_run
+
+    run = write_run(tmp_path / "run", 1e-4, [2.0, 1.5], {Q1: "Two."},
+                    eval_json={"tuned": {"accuracy": 0.75}, "seconds": 12})  # fmt: skip
+    html = write_run_report(run).read_text(encoding="utf-8")
+    assert "The run is still training" in html  # no summary.json yet
+    table = html.split('id="eval-json"')[1].split("</table>")[0]
+    assert "<td>tuned.accuracy</td><td class=\"num\">0.75</td>" in table
+    assert "<td>seconds</td><td class=\"num\">12</td>" in table

@@ -4,16 +4,13 @@ answers side by side (and the headline figures of each run's eval.json, when it 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from sftlab.core.errors import SftlabError
 from sftlab.core.io import write_json
 from sftlab.report.page import render_page, svg_lines, write_page
-from sftlab.report.run_page import RunRecords, read_run
-
-MAX_EVAL_FIGURES = 8  # eval.json numbers shown per run
+from sftlab.report.run_page import RunRecords, eval_figures, read_run
 
 
 def run_row(run: RunRecords) -> dict:
@@ -34,23 +31,6 @@ def run_row(run: RunRecords) -> dict:
         "probe_task_accuracy": run.last("probe_task_accuracy"),
         "eval": eval_figures(run.path / "eval.json"),
     }
-
-
-def eval_figures(path: Path) -> dict:
-    """Numbers at the top two levels of an eval.json (sftlab eval), e.g. {"tuned.accuracy": 0.8}."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SftlabError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    figures: dict = {}
-    for key, value in (data.items() if isinstance(data, dict) else ()):
-        inner = value.items() if isinstance(value, dict) else [("", value)]
-        for sub, number in inner:
-            if isinstance(number, int | float) and not isinstance(number, bool):
-                figures[f"{key}.{sub}" if sub else key] = number
-    return dict(list(figures.items())[:MAX_EVAL_FIGURES])
 
 
 def load_runs(run_dirs: list[Path]) -> list[RunRecords]:

@@ -23,6 +23,7 @@ from sftlab.report.page import render_page, svg_lines, write_page
 MASK_FIGURES = ("rows", "tokens", "supervised_tokens", "supervised_share", "supervised_spans",
                 "spans_ending_in_end_of_turn", "rows_without_supervised_tokens", "truncated_rows",
                 "rejected_rows", "problem_count")  # fmt: skip
+MAX_EVAL_FIGURES = 8  # eval.json numbers shown
 SUMMARY_FIGURES = ("steps", "epochs", "train_seconds", "tokens", "supervised_tokens",
                    "eval_loss_before", "eval_loss_after", "train_examples",
                    "skipped_nonfinite_steps", "skipped_overflow_steps")  # fmt: skip
@@ -109,6 +110,7 @@ def write_run_report(run_dir: Path, pieces: list[tuple[str, bool]] | None = None
         problems=(run.mask or {}).get("problems", [])[:10],
         row=pieces_html(pieces) if pieces else None,
         summary=[(k, run.summary[k]) for k in SUMMARY_FIGURES if run.summary and k in run.summary],
+        eval_json=eval_figures(Path(run_dir) / "eval.json"),
         answers=run.probes[-1]["answers"] if run.probes else [],
         answers_step=run.probes[-1]["step"] if run.probes else None,
     )
@@ -131,6 +133,23 @@ def run_charts(run: RunRecords) -> dict[str, Markup]:
     if any(xs for xs, _ in probes.values()):
         charts["probes"] = svg_lines(probes, "step", "share of probe prompts", points=True)
     return charts
+
+
+def eval_figures(path: Path) -> dict:
+    """Numbers at the top two levels of an eval.json (sftlab eval), e.g. {"tuned.accuracy": 0.8}."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(str(path), f"not valid JSON ({exc.msg})", exc.lineno) from None
+    figures: dict = {}
+    for key, value in (data.items() if isinstance(data, dict) else ()):
+        inner = value.items() if isinstance(value, dict) else [("", value)]
+        for sub, number in inner:
+            if isinstance(number, int | float) and not isinstance(number, bool):
+                figures[f"{key}.{sub}" if sub else key] = number
+    return dict(list(figures.items())[:MAX_EVAL_FIGURES])
 
 
 def _cards(run: RunRecords) -> list[tuple[str, str]]:
