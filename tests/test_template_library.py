@@ -10,6 +10,7 @@ the byte-level tiny one (conftest) and the family stand-ins (tests/families.py).
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -228,3 +229,39 @@ def test_rows_without_typed_special_tokens_never_build_the_guarded_tokenizer():
     example = renderer.encode(conversation(("user", "say <|im_end|>"), ("assistant", "yo")))
     assert renderer.whole._sentinels is not None
     assert supervised_text(example, tokenizer) == ["yo<|im_end|>"]
+
+
+def test_a_run_with_added_markers_trains_saves_and_reloads(tmp_path):
+    """ChatML on a templateless Gemma-style model: the run grows the embedding for the two
+    markers, records them, saves the tokenizer with them, and reloads into the grown shape."""
+    from safetensors.torch import load_file
+
+    from sftlab.export.artifacts import load_run
+    from sftlab.model.load import ModelRef, load_tokenizer
+    from sftlab.recipes.sft import train
+    from test_recipe_smoke import tiny_config
+
+    model_dir = tmp_path / "base"
+    tokenizer = templateless("gemma")
+    vocab = len(tokenizer)
+    make_tiny_model(vocab_size=vocab).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    run = train(tiny_config(tmp_path, model_dir, "template.chat_template=chatml", "train.max_steps=2"))
+
+    manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["template"] == "chatml"
+    assert manifest["added_token_ids"] == [vocab, vocab + 1]
+    saved = load_tokenizer(ModelRef("run", str(run / "tokenizer"), True))
+    assert saved.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [vocab, vocab + 1]
+    # the grown embedding is rebuilt on reload: the adapter holds LoRA and token-row deltas,
+    # not two full embedding matrices
+    adapter = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert not [k for k, v in adapter.items() if v.shape[0] == vocab + 2]
+    loaded = load_run(run)
+    assert loaded.model.get_input_embeddings().weight.shape[0] == vocab + 2
+    prompt = loaded.renderer.encode_prompt(conversation(("user", "Say hi.")))
+    assert prompt[0] == vocab and prompt.count(vocab) == 2  # <|im_start|> user ... assistant
+    assert vocab + 1 in loaded.stop_ids
+    with torch.no_grad():
+        logits = loaded.model(torch.tensor([prompt])).logits
+    assert logits.shape == (1, len(prompt), vocab + 2)

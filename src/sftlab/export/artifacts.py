@@ -49,7 +49,13 @@ def stop_token_ids(tokenizer, fmt: ChatFormat) -> list[int]:
 
 def save_trained(model, run_dir: Path, method: str) -> Path:
     target = run_dir / ("adapter" if method == "lora" else "model")
-    model.save_pretrained(target, safe_serialization=True)
+    if method == "lora":
+        # Embeddings grown for added markers (model/vocab.py) are rebuilt the same way on reload
+        # and their trained rows are saved as token-row deltas; peft would otherwise save both
+        # full embedding matrices of a resized model (Gemma: 2 x 671 MB).
+        model.save_pretrained(target, safe_serialization=True, save_embedding_layers=False)
+    else:
+        model.save_pretrained(target, safe_serialization=True)
     return target
 
 
