@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from sftlab.config import TemplateConfig, load_config
-from sftlab.core.errors import SftlabError
+from sftlab.core.errors import DataError, SftlabError
 from sftlab.core.io import read_json, write_json
 from sftlab.data.mixture import build_mixture, load_source
 from sftlab.eval.fewshot import pick_shots
@@ -125,7 +125,15 @@ def _run_plan(opts: EvalOptions, run_dir: Path) -> Plan:
     mixture = None
     if opts.data is None or opts.train is None:
         d = config.data
-        loaded = [load_source(s) for s in d.sources]
+        # the manifest records each source's absolute path: config paths may be relative
+        files = [entry["file"] for entry in manifest.get("data", [])]
+        sources = [s.model_copy(update={"path": files[i]}) if i < len(files) else s
+                   for i, s in enumerate(d.sources)]  # fmt: skip
+        try:
+            loaded = [load_source(s) for s in sources]
+        except DataError as exc:
+            raise SftlabError(f"{exc}\nthe run's data is needed for its eval split; "
+                              "pass --data HELDOUT (and --train FILE for few-shot examples)") from None  # fmt: skip
         sizes = [(s.ratio, s.rows) for s in d.sources]
         mixture = build_mixture(loaded, sizes, d.eval_fraction, d.eval_rows, d.seed)
     if opts.data is not None:

@@ -37,7 +37,9 @@ def svg_bars(groups: dict[str, dict[str, float]], ylabel: str, ymax: float | Non
     if ymax is not None:
         ax.set_ylim(0, ymax * 1.12)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7, frameon=False, ncols=len(variants), loc="upper left")
+    # above the axes, so a full-height bar never hides under it
+    ax.legend(fontsize=7, frameon=False, ncols=len(variants), loc="lower left",
+              bbox_to_anchor=(0, 1.0), borderaxespad=0.2)  # fmt: skip
     ax.spines[["top", "right"]].set_visible(False)
     return _svg(fig)
 
