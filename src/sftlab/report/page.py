@@ -116,8 +116,9 @@ def svg_lines(
     drawn = 0
     for label, (xs, ys) in series.items():
         if len(xs):
-            ax.plot(xs, ys, label=label, linewidth=1.4, marker="o" if points else None,
-                    markersize=3)  # fmt: skip
+            # a sparse line (eval passes; a run's first eval) would be invisible without marks
+            ax.plot(xs, ys, label=label, linewidth=1.4, markersize=3,
+                    marker="o" if points or len(xs) < 25 else None)  # fmt: skip
             drawn += 1
     if not drawn:
         ax.text(0.5, 0.5, "no values yet", ha="center", va="center", transform=ax.transAxes)
