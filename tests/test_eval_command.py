@@ -138,3 +138,44 @@ def test_demo_heldout_identity_rows_judge_like_the_demo_adherence(tmp_path):
     name = persona.PERSONA_NAME
     for answer in (f"I am {name}.", f"{name.lower()}'s here", f"{name}ator", "I am SmolLM", ""):
         assert rows[0].judge(answer) == float(persona.adheres(answer, name)), answer
+
+
+def test_a_run_directory_defaults_to_its_eval_split_base_model_and_training_examples(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    import yaml
+
+    from sftlab.config import load_config
+    from sftlab.recipes.sft import train
+    from test_recipe_smoke import write_data
+
+    project = tmp_path / "project"
+    project.mkdir()
+    write_data(project)
+    config = {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"name": str(tiny_model_dir)},
+        "data": {"sources": [{"path": "chat.jsonl"}], "eval_rows": 3},  # relative to the config
+        "template": {"max_length": 128},
+        "lora": {"r": 4, "alpha": 8},
+        "train": {
+            "max_steps": 1,
+            "batch_tokens": 256,
+            "precision": "fp32",
+            "probes": {"prompts": 0},
+        },
+    }
+    (project / "cfg.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(project)
+    run = train(load_config(project / "cfg.yaml"))
+    monkeypatch.chdir(
+        tmp_path
+    )  # evaluated from elsewhere: the config's relative path must not matter
+    report = run_eval(EvalOptions(target=str(run), out=tmp_path / "out", shots=2, max_new_tokens=3),
+                      say=lambda *_: None)  # fmt: skip
+    assert report["models"] == [{"label": "tuned", "name": str(run)},
+                                {"label": "base", "name": str(tiny_model_dir)}]  # fmt: skip
+    assert report["task"]["n"] == 3 and "the run's eval split" in report["data"]
+    assert len(report["few_shot_examples"]) == 2
+    assert set(report["task"]["scores"]) == {"tuned", "base", "base_few_shot"}
+    assert (tmp_path / "out" / "eval.html").is_file()

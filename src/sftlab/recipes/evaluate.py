@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import torch
+
 from sftlab.config import TemplateConfig, load_config
 from sftlab.core.errors import DataError, SftlabError
 from sftlab.core.io import read_json, write_json
@@ -31,6 +33,7 @@ from sftlab.eval.safety import load_probes
 from sftlab.eval.suites import evaluate_side, require_lm_eval, run_lm_eval
 from sftlab.eval.tasks import TaskRow, load_task_file, task_rows
 from sftlab.export.artifacts import load_run, stop_token_ids
+from sftlab.model.device import default_device
 from sftlab.model.load import load_model, load_tokenizer, resolve_model
 from sftlab.template.format import build_chat_format
 from sftlab.template.render import Renderer
@@ -84,6 +87,7 @@ def run_eval(opts: EvalOptions, say=print) -> dict:
     for i, side in enumerate(plan.sides):
         say(f"evaluating {side.label} model ({side.name}) ...")
         model, renderer, stop_ids = side.load()
+        model = model.to(default_device())  # CUDA/MPS when present; generation follows the model
         use_shots = shots if i > 0 or len(plan.sides) == 1 else []
         side.results = evaluate_side(model, renderer, stop_ids, plan.rows, use_shots, texts,
                                      prompts, probes, opts, speed)  # fmt: skip
@@ -91,6 +95,8 @@ def run_eval(opts: EvalOptions, say=print) -> dict:
             side.results["lm_eval"] = run_lm_eval(model, renderer.tokenizer, opts.lm_eval)
         del model
         gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the next model gets the memory back
     report = assemble(opts, plan, shots, probes, prompts, speed)
     report = {"headline": headline(report)} | report
     report["seconds"] = round(time.perf_counter() - started, 1)
