@@ -73,7 +73,7 @@ def data_inspect(
         Path, typer.Argument(help="a data file (.json/.jsonl/.csv/.parquet/.txt) or saved dataset")
     ],
     model: Annotated[
-        str, typer.Option(help="default, a model folder, a .gguf file or a hub id")
+        str, typer.Option(help="default, gemma3-270m, a model folder, a .gguf file or a hub id")
     ] = "default",
     format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
     limit: Annotated[int, typer.Option(help="rows to show")] = 3,

@@ -151,7 +151,12 @@ def resolve_model(name: str, allow_pickle: bool = False, base_dir: Path | None =
     """A relative local name is looked up in base_dir (the config's folder) first, then in the
     current directory, as data paths are; anything else that is not local is a hub id."""
     if name in EMBEDDED:
-        folder = _cached_embedded(name) or convert_gguf(embedded_gguf(name), EMBEDDED[name].label)
+        folder = _cached_embedded(name)
+        if folder is None:
+            gguf = embedded_gguf(name)
+            folder = convert_gguf(gguf, EMBEDDED[name].label)
+            if not EMBEDDED[name].filename:  # assembled: its chunk packages keep the bytes
+                gguf.unlink(missing_ok=True)
         return ModelRef(name, str(folder), True, name)
     path = (find(name, base_dir) or Path(name)).expanduser()
     if path.suffix == ".gguf":
