@@ -72,6 +72,7 @@ def test_rouge_l_f_measure_by_hand():
 
 def test_metric_specs_and_scores():
     assert parse_metric("contains") == ("contains", {})
+    assert parse_metric("numeric_match") == ("numeric", {})  # the function's name is an alias
     assert parse_metric({"name": "regex", "pattern": "^A"}) == ("regex", {"pattern": "^A"})
     with pytest.raises(SftlabError, match="unknown metric 'bleu'"):
         parse_metric("bleu", where="eval.jsonl:3")

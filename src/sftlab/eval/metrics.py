@@ -117,6 +117,10 @@ METRICS: dict[str, Callable[..., bool | float]] = {
 }
 
 
+# the functions' own names work too (train.probes.metric uses them)
+ALIASES = {fn.__name__: name for name, fn in METRICS.items() if fn.__name__ != name}
+
+
 def parse_metric(spec: Any, where: str = "metric") -> tuple[str, dict[str, Any]]:
     """A metric spec (a name, or {"name": ..., **options}) -> (name, options); clear errors."""
     if isinstance(spec, str):
@@ -127,6 +131,7 @@ def parse_metric(spec: Any, where: str = "metric") -> tuple[str, dict[str, Any]]
         raise SftlabError(
             f"{where}: expected a metric name or an object with a 'name', got {spec!r}"
         )
+    name = ALIASES.get(name, name)
     if name not in METRICS:
         raise SftlabError(f"{where}: unknown metric {name!r}; expected one of {sorted(METRICS)}")
     return name, opts
