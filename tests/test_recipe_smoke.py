@@ -67,7 +67,11 @@ def test_lora_run_writes_every_artifact_and_trains_only_the_adapter(tmp_path, ti
     assert not (run / "model").exists()
 
     adapter = load_file(run / "adapter" / "adapter_model.safetensors")
-    assert adapter and all("lora_" in k for k in adapter)
+    # LoRA weights, and the embedding rows of the tokens this random model never learned (its
+    # <|im_end|> is a zero padding row): train.token_rows: auto
+    untrained = json.loads((run / "mask_report.json").read_text())["untrained_tokens"]
+    assert untrained["flagged"] == untrained["trained_rows"] == [258]
+    assert adapter and all("lora_" in k or "trainable_tokens_delta" in k for k in adapter)
     assert all(
         v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k
     )  # moved from zero init

@@ -39,6 +39,17 @@ BoolOrAuto = Annotated[bool | Literal["auto"], BeforeValidator(_bool_or_auto)]
 """One clear error for a bad value, instead of one per member of the union."""
 
 
+def _token_rows(value):
+    if value in ("auto", "none"):
+        return value
+    if isinstance(value, list) and all(type(v) is int and v >= 0 for v in value):
+        return value
+    raise ValueError("expected auto, none or a list of token ids (integers >= 0)")
+
+
+TokenRows = Annotated[Literal["auto", "none"] | list[int], BeforeValidator(_token_rows)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -180,6 +191,10 @@ class TrainConfig(Strict):
     """true (or --resume): continue from the last complete checkpoint; auto: if there is one."""
     skip_nonfinite: int = Field(default=0, ge=0)
     """Steps with a NaN/Inf loss to skip (weights untouched) before the run stops."""
+    token_rows: TokenRows = "auto"
+    """Embedding rows trained in full beside LoRA (input embedding and output layer). auto: the
+    template's control tokens the base model has not learned (mask_report.json untrained_tokens)
+    and markers added to the vocabulary; none; or a list of token ids."""
 
     report_to: list[TRACKERS] = []
     """Experiment trackers fed through accelerate (each needs its package installed), e.g.

@@ -19,6 +19,7 @@ from sftlab.core.errors import RowError, SftlabError
 from sftlab.core.types import Conversation, Message
 from sftlab.export.artifacts import load_run, save_tokenizer
 from sftlab.model.lora import use_fused_lora_layers
+from sftlab.model.token_rows import use_fast_token_rows
 
 # fp32 on both sides: (W + s*B*A) x and W x + s*B*(A x) differ by rounding only, ~1e-5 of the
 # logits' size; a merge that went wrong (a missing scale, a wrong layer) is orders larger.
@@ -57,8 +58,9 @@ def probe_rows(renderer) -> list[list[int]]:
 
 
 def training_logits(model, rows: list[list[int]]) -> list[torch.Tensor]:
-    """Logits of each row through the forward training used (fused LoRA layers)."""
+    """Logits of each row through the forward training used (fused LoRA layers, token rows)."""
     use_fused_lora_layers(model)
+    use_fast_token_rows(model)
     with torch.no_grad():
         return [model(input_ids=torch.tensor([row])).logits[0] for row in rows]
 

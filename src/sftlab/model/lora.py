@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import types
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from sftlab.model.device import compute_dtype
+from sftlab.model.token_rows import token_rows_target, use_fast_token_rows
 
 
 def add_lora(
-    model: nn.Module, r: int, alpha: float, dropout: float, target_modules, autocast: bool = False
+    model: nn.Module,
+    r: int,
+    alpha: float,
+    dropout: float,
+    target_modules,
+    autocast: bool = False,
+    token_rows: Sequence[int] = (),
 ):
+    """LoRA on `target_modules`, plus the embedding rows of `token_rows` trained in full (input
+    embedding and output layer, tied or not; model/token_rows.py)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -21,6 +31,7 @@ def add_lora(
         lora_dropout=dropout,
         target_modules=target_modules,
         task_type="CAUSAL_LM",
+        trainable_token_indices=token_rows_target(model, token_rows) if token_rows else None,
     )
     # peft keeps the adapter weights in fp32 even when the base is bf16 (autocast_adapter_dtype):
     # the frozen base may be stored in bf16, the trained weights and optimizer state stay fp32.
@@ -33,6 +44,7 @@ def add_lora(
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False
     use_fused_lora_layers(model)
+    use_fast_token_rows(model)
     return model
 
 

@@ -34,6 +34,7 @@ from sftlab.model.load import ModelRef, load_model
 from sftlab.model.lora import add_lora, count_parameters
 from sftlab.model.loss import SupervisedLoss
 from sftlab.model.memory import recompute_gated_products
+from sftlab.model.token_rows import plan_token_rows, trained_rows
 from sftlab.model.vocab import grow_embeddings
 from sftlab.pack.packing import build_rows
 from sftlab.recipes.observe import RunObserver
@@ -65,9 +66,11 @@ def prepare_run_dir(config: RunConfig) -> Path:
 
 
 def build_model(
-    config: RunConfig, ref: ModelRef, precision: str, attention: str, added_ids=()
-):
-    """`added_ids`: template markers the chat format added to the tokenizer (rows to grow)."""
+    config: RunConfig, ref: ModelRef, precision: str, attention: str, added_ids=(),
+    choose_rows=None,
+):  # fmt: skip
+    """`added_ids`: template markers the chat format added to the tokenizer (rows to grow).
+    `choose_rows(base model)`: the token ids whose embedding rows LoRA trains too."""
     t = config.train
     dtype = storage_dtype(config.model.dtype, precision, t.method)
     model = load_model(
@@ -84,11 +87,13 @@ def build_model(
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    token_rows = choose_rows(model) if choose_rows is not None else []
     if t.method == "lora":
         lc = config.lora
         model = add_lora(
-            model, lc.r, lc.alpha, lc.dropout, lc.target_modules, autocast=precision != "fp32"
-        )
+            model, lc.r, lc.alpha, lc.dropout, lc.target_modules, autocast=precision != "fp32",
+            token_rows=token_rows,
+        )  # fmt: skip
     model.train()
     return model
 
@@ -184,8 +189,16 @@ def setup(config: RunConfig, prepared: Prepared, accelerator, device_type: str, 
     attention = resolve_attention(config.model.attn_implementation, device_type)
     train_rows = build_rows(prepared.train, tmpl.max_length, packing)
     eval_rows = build_rows(prepared.eval, tmpl.max_length, packing)
+    report = prepared.report
+
+    def choose_rows(base) -> list[int]:  # the base model's untrained template tokens
+        rows, report["untrained_tokens"] = plan_token_rows(
+            base, t.token_rows, prepared.renderer, prepared.train, say
+        )
+        return rows if t.method == "lora" else []  # full fine-tuning trains every row anyway
+
     model = build_model(config, prepared.ref, precision, attention_for(attention, tmpl.max_length),
-                        prepared.renderer.fmt.added_token_ids)  # fmt: skip
+                        prepared.renderer.fmt.added_token_ids, choose_rows)  # fmt: skip
     trainable, total = count_parameters(model)
     say(
         f"model: {config.model.name} ({t.method}, {trainable:,} of {total:,} parameters trained; "
@@ -210,6 +223,7 @@ def setup(config: RunConfig, prepared: Prepared, accelerator, device_type: str, 
         "precision": precision, "attention": attention, "packing": packing,
         "device": str(accelerator.device), "processes": world, "method": t.method,
         "trainable_parameters": trainable, "total_parameters": total,
+        "trained_token_rows": trained_rows(model),
     }  # fmt: skip
     return Session(accelerator, wrapped, optimizer, train_rows, eval_rows, settings, facts)
 
@@ -254,6 +268,8 @@ def train(
     else:
         preflight(prepared.report)
     session = setup(config, prepared, accelerator, device_type, say)
+    if main:  # again, with the base model's untrained tokens (checked once it was loaded)
+        write_json(run_dir / "mask_report.json", prepared.report)
     f = session.facts
     check_disk_space(run_dir, f["trainable_parameters"], f["total_parameters"], config.train.keep_last,
                      f["method"] == "full", config.export.merged)  # fmt: skip

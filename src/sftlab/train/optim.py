@@ -31,9 +31,12 @@ def lr_at(
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases and norm weights (1-D tensors), as is usual."""
     decay, no_decay = [], []
-    for param in model.parameters():
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
+            # Trained token rows (model/token_rows.py) hold the rows themselves, not a change to
+            # them: decay would pull a pretrained embedding row towards zero.
+            plain = param.ndim >= 2 and "trainable_tokens_delta" not in name
+            (decay if plain else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
