@@ -117,6 +117,7 @@ def ask(model, renderer, stop_ids, convs: list[Conversation]) -> list[Generation
 
 def ask_base(config: RunConfig, rows: list[dict], shots: list[Conversation]):
     """The base model's answers, zero-shot and few-shot, under the template training will use."""
+    from sftlab.export.artifacts import stop_token_ids
     from sftlab.model.load import load_model, load_tokenizer, resolve_model
     from sftlab.template.format import build_chat_format
     from sftlab.template.render import Renderer
@@ -124,9 +125,7 @@ def ask_base(config: RunConfig, rows: list[dict], shots: list[Conversation]):
     ref = resolve_model(config.model.name)
     tokenizer = load_tokenizer(ref)
     fmt = build_chat_format(tokenizer, config.template)
-    renderer, stop_ids = Renderer(tokenizer, fmt), [fmt.end_of_turn_id]
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop_ids:
-        stop_ids.append(tokenizer.eos_token_id)
+    renderer, stop_ids = Renderer(tokenizer, fmt), stop_token_ids(tokenizer, fmt)
     base = load_model(ref).eval()
     queries = [user_turn(r["prompt"]) for r in rows]
     print(f"asking the base model {len(rows)} held-out prompts, zero-shot and {FEW_SHOT}-shot ...")
