@@ -3,6 +3,9 @@
     python bench/train_throughput.py --quick      # ~5-10 min: LoRA, generated set, 1 run each
     python bench/train_throughput.py              # ~40-60 min: 2 runs each on both data sets,
                                                   #   plus full fine-tuning and TRL's fp32 path
+    python bench/train_throughput.py --model gemma3-270m --quick
+                                                  # the Gemma 3 270M base on the instruct demo's
+                                                  #   rows, sftlab's gemma turn format for both
 
 What it measures, for each system on the same rows, model, LoRA and optimiser settings:
 
@@ -22,6 +25,13 @@ What it measures, for each system on the same rows, model, LoRA and optimiser se
                        bf16 and fp32 GEMMs, best of several, before and after the runs). Model
                        FLOPs per token: 4N for LoRA (forward + activation gradients), 6N for full
                        fine-tuning, N = the base model's parameters, over all tokens processed.
+
+Models (`--model`): the embedded SmolLM2-135M-Instruct (its own template; no embedding rows
+trained) or the Gemma 3 270M base (`gemma3-270m`: no template of its own, so both systems get
+sftlab's gemma turn format on the tokenizer, and both train the embedding rows of
+<start_of_turn>, <end_of_turn> and <eos> beside LoRA: sftlab through `train.token_rows`, TRL
+through peft's `trainable_token_indices`; its 262,144-token head is where sftlab computes logits
+only at supervised positions).
 
 Runs alternate (sftlab, trl, sftlab-packed, sftlab, trl, ...), each in its own subprocess, so
 slow drifts of the shared machine hit both systems alike and peak memory is per run. Ratios are
@@ -54,7 +64,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "train_throughput.json"
 PARTIAL_OUT = HERE / "results" / "train_throughput.partial.json"
-ALPACA = Path("/work/shared/data/alpaca_en_demo.json")
+ALPACA = HERE.parent.parent / "shared" / "data" / "alpaca_en_demo.json"  # ../shared from the repo
 
 # --- settings shared by both systems ---------------------------------------------------------
 SEED = 0
@@ -78,6 +88,13 @@ FLOPS_PER_PARAM = {"lora": 4, "full": 6}
 # would take ~25 min per TRL run: cap it by supervised tokens instead.
 QUICK_DATASETS = {"generated": None}
 FULL_DATASETS = {"generated": None, "alpaca": 16_000}
+MODELS = {
+    # --model: report label, and the data sets of --quick and of a full run (first: full FT's)
+    "default": ("default (embedded SmolLM2-135M-Instruct, fp32 safetensors)",
+                QUICK_DATASETS, FULL_DATASETS),
+    "gemma3-270m": ("gemma3-270m (embedded Gemma 3 270M base, fp32 safetensors, sftlab's gemma "
+                    "turn format)", {"instruct": None}, {"instruct": None, "alpaca": 16_000}),
+}  # fmt: skip
 
 VARIANTS = {
     "sftlab": {"system": "sftlab", "pack": "auto", "short": "sftlab",
@@ -146,25 +163,41 @@ def to_conversations(rows: list[list[dict]]):
     return [Conversation(tuple(Message(m["role"], m["content"]) for m in msgs)) for msgs in rows]
 
 
-def eval_renderer():
-    """sftlab's Renderer for the model's own template (system_prompt unset), as in training."""
+def eval_renderer(model: str):
+    """sftlab's Renderer for the template training uses (`auto`: the model's own, or for a model
+    without one its family's library format), system_prompt unset."""
     from sftlab.config import TemplateConfig
     from sftlab.model.load import load_tokenizer, resolve_model
     from sftlab.template.format import build_chat_format
     from sftlab.template.render import Renderer
 
-    tokenizer = load_tokenizer(resolve_model("default"))
-    return Renderer(tokenizer, build_chat_format(tokenizer, TemplateConfig(max_length=MAX_LENGTH)))
+    tokenizer = load_tokenizer(resolve_model(model))
+    config = TemplateConfig(max_length=MAX_LENGTH, chat_template="auto")
+    return Renderer(tokenizer, build_chat_format(tokenizer, config))
 
 
-def heldout_loss(model, eval_file: Path) -> float:
+def marker_rows(renderer) -> list[int]:
+    """Embedding rows both systems train beside LoRA: for a model without its own template, the
+    turn markers of the chosen format and EOS (issue 14's measurement); none otherwise."""
+    from sftlab.template import library
+
+    name = getattr(renderer.fmt, "name", "model")
+    if name == "model":
+        return []
+    tokenizer = renderer.tokenizer
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in library.MARKERS.get(name, ())]
+    return sorted({*ids, renderer.fmt.end_of_turn_id, tokenizer.eos_token_id} - {None})
+
+
+def heldout_loss(model, eval_file: Path, model_name: str) -> float:
     from sftlab.eval.loss import conversation_loss
 
     model.eval()
-    return conversation_loss(model, eval_renderer(), to_conversations(read_messages(eval_file)))
+    convs = to_conversations(read_messages(eval_file))
+    return conversation_loss(model, eval_renderer(model_name), convs)
 
 
-def trained_eval_loss(weights: Path, method: str, eval_file: Path) -> float:
+def trained_eval_loss(weights: Path, method: str, eval_file: Path, model_name: str) -> float:
     """Load what a run saved onto the fp32 base (the same way for both systems) and score it."""
     import torch
 
@@ -173,11 +206,11 @@ def trained_eval_loss(weights: Path, method: str, eval_file: Path) -> float:
     if method == "lora":
         from peft import PeftModel
 
-        base = load_model(resolve_model("default"), dtype=torch.float32)
-        model = PeftModel.from_pretrained(base, str(weights))
+        base = load_model(resolve_model(model_name), dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, str(weights))  # restores trained token rows too
     else:
         model = load_model(resolve_model(str(weights)), dtype=torch.float32)
-    return heldout_loss(model, eval_file)
+    return heldout_loss(model, eval_file, model_name)
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -195,6 +228,16 @@ def generated_conversations(work: Path):
         for path in (identity, general)
         for c in load_source(SourceConfig(path=str(path))).conversations
     ]
+
+
+def instruct_conversations(work: Path):
+    """The instruct demo's training rows (`sftlab demo --kind instruct`)."""
+    from sftlab.config import SourceConfig
+    from sftlab.data.mixture import load_source
+    from sftlab.recipes.instruct_data import write_instruction_set
+
+    train_file, _ = write_instruction_set(work / "instruct-data")
+    return list(load_source(SourceConfig(path=str(train_file))).conversations)
 
 
 def alpaca_conversations():
@@ -247,23 +290,28 @@ def child_prepare(spec: dict) -> dict:
 
     from sftlab.model.load import load_model, resolve_model
 
-    work = Path(spec["workdir"])
-    renderer = eval_renderer()
-    ref = resolve_model("default")
+    work, model = Path(spec["workdir"]), spec["model"]
+    renderer = eval_renderer(model)
+    ref = resolve_model(model)
     base = load_model(ref, dtype=torch.float32)
     out = {
-        "model": {"path": ref.path, "parameters": sum(p.numel() for p in base.parameters())},
+        "model": {"path": ref.path, "parameters": sum(p.numel() for p in base.parameters()),
+                  "template": getattr(renderer.fmt, "name", "model"),
+                  "token_rows": marker_rows(renderer)},
         "datasets": {},
-    }
+    }  # fmt: skip
+    sources = {"generated": lambda: generated_conversations(work),
+               "instruct": lambda: instruct_conversations(work), "alpaca": alpaca_conversations}  # fmt: skip
     for name, size in spec["datasets"].items():
-        convs = generated_conversations(work) if name == "generated" else alpaca_conversations()
+        convs = sources[name]()
         split = split_dataset(name, convs, renderer, size["rows"], size["target_supervised"])
         folder = work / "data" / name
         folder.mkdir(parents=True, exist_ok=True)
         write_rows(folder / "train.jsonl", split["train"])
         write_rows(folder / "eval.jsonl", split["eval"])
         out["datasets"][name] = {
-            "source": "sftlab demo data (identity + general)" if name == "generated" else str(ALPACA),
+            "source": {"generated": "sftlab demo data (identity + general)",
+                       "instruct": "sftlab instruct demo data"}.get(name, str(ALPACA)),
             "train_file": str(folder / "train.jsonl"), "eval_file": str(folder / "eval.jsonl"),
             "rows_in": len(convs), "rows_unusable": split["dropped"],
             "train_rows": len(split["train"]), "train_rows_available": split["available"],
@@ -271,7 +319,7 @@ def child_prepare(spec: dict) -> dict:
             "train_supervised_tokens": sum(e.n_supervised for _, e in split["train"]),
             "eval_rows": len(split["eval"]),
             "eval_supervised_tokens": sum(e.n_supervised for _, e in split["eval"]),
-            "eval_loss_base": heldout_loss(base, folder / "eval.jsonl"),
+            "eval_loss_base": heldout_loss(base, folder / "eval.jsonl", model),
         }  # fmt: skip
     return out
 
@@ -314,14 +362,15 @@ def child_sftlab(spec: dict) -> dict:
     config = c.RunConfig(
         name=spec["name"],
         output_dir=str(run_dir),
+        model=c.ModelConfig(name=spec["model"]),
         data=c.DataConfig(sources=[c.SourceConfig(path=spec["train_file"], format="messages")], eval_rows=0, seed=SEED),
-        template=c.TemplateConfig(max_length=MAX_LENGTH),  # system_prompt unset: the model's own
+        template=c.TemplateConfig(max_length=MAX_LENGTH, chat_template="auto"),  # system_prompt unset
         pack=c.PackConfig(enabled=spec["pack"]),
         lora=c.LoraConfig(r=LORA_R, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, target_modules="all-linear"),
         train=c.TrainConfig(
             method=method, lr=LR[method], epochs=1, batch_tokens=BATCH_TOKENS, grad_accum=GRAD_ACCUM,
             warmup_ratio=WARMUP_RATIO, schedule="cosine", min_lr_ratio=MIN_LR_RATIO,
-            max_grad_norm=MAX_GRAD_NORM, seed=SEED,
+            max_grad_norm=MAX_GRAD_NORM, seed=SEED, token_rows=spec["token_rows"] or "none",
         ),
     )  # fmt: skip
     train(config)
@@ -343,8 +392,9 @@ def child_sftlab(spec: dict) -> dict:
         "train_rows": summary["train_examples"],
         "step_seconds": [round(x, 3) for x in seconds], "step_supervised_tokens": supervised,
         "supervised_tokens_per_s_after_first_step": after_first_step(seconds, supervised),
-        "eval_loss": trained_eval_loss(weights, method, Path(spec["eval_file"])),
+        "eval_loss": trained_eval_loss(weights, method, Path(spec["eval_file"]), spec["model"]),
         "memory": memory,
+        "trained_token_rows": manifest.get("trained_token_rows"),
         "settings": {k: manifest[k] for k in ("precision", "attention", "packing")}
         | {"batch_tokens": BATCH_TOKENS, "frozen_base_dtype": "bf16" if method == "lora" and manifest["precision"] == "bf16" else "fp32"},
     }  # fmt: skip
@@ -441,9 +491,11 @@ def child_trl(spec: dict) -> dict:
     from sftlab.model.load import resolve_model
 
     run_dir, method = Path(spec["run_dir"]), spec["method"]
-    ref = resolve_model("default")
+    ref = resolve_model(spec["model"])
     set_seed(SEED)  # the LoRA weights are initialised inside SFTTrainer.__init__
     tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    if not tokenizer.chat_template:  # a base model: the turn format sftlab trains it with
+        tokenizer.chat_template = eval_renderer(spec["model"]).fmt.template
     model = AutoModelForCausalLM.from_pretrained(
         ref.path, dtype=torch.float32, attn_implementation="sdpa"
     )
@@ -452,7 +504,8 @@ def child_trl(spec: dict) -> dict:
         {"prompt": m[:-1], "completion": [m[-1]]} for m in read_messages(Path(spec["train_file"]))
     ]
     lora = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
-                      target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
+                      target_modules="all-linear", task_type="CAUSAL_LM",
+                      trainable_token_indices=spec["token_rows"] or None)  # fmt: skip
     trainer = bench_trainer(SFTTrainer)(
         model=model, args=trl_config(spec, run_dir, spec["mean_row_tokens"]),
         train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
@@ -474,8 +527,9 @@ def child_trl(spec: dict) -> dict:
         "steps": steps, "train_rows": len(rows),
         "step_seconds": [round(x, 3) for x in step_seconds], "step_supervised_tokens": step_supervised,
         "supervised_tokens_per_s_after_first_step": after_first_step(step_seconds, step_supervised),
-        "eval_loss": trained_eval_loss(weights, method, Path(spec["eval_file"])),
+        "eval_loss": trained_eval_loss(weights, method, Path(spec["eval_file"]), spec["model"]),
         "memory": memory,
+        "trained_token_rows": spec["token_rows"],
         "settings": {"precision": "bf16" if args.bf16 else "fp32", "attention": "sdpa",
                      "packing": f"{args.packing_strategy} (padding-free)" if args.packing else False,
                      "per_device_train_batch_size": args.per_device_train_batch_size,
@@ -570,7 +624,8 @@ def watch(proc: subprocess.Popen, interval: float = 0.25) -> dict:
 
 
 def plan_runs(datasets: list[str], reps: int, full_mode: bool, only: str | None) -> list[Run]:
-    """Alternating order: sftlab, trl, sftlab-packed per data set and repetition."""
+    """Alternating order: sftlab, trl, sftlab-packed per data set and repetition; full
+    fine-tuning and TRL's fp32 path on the first data set."""
     runs = []
     for rep in range(1, reps + 1):
         for ds in datasets:
@@ -580,8 +635,8 @@ def plan_runs(datasets: list[str], reps: int, full_mode: bool, only: str | None)
                 Run("sftlab_packed", ds, "lora", rep),
             ]
     if full_mode:
-        runs += [Run("sftlab", "generated", "full", 1), Run("trl", "generated", "full", 1)]
-        runs += [Run("trl_default", "generated", "lora", 1)]
+        runs += [Run("sftlab", datasets[0], "full", 1), Run("trl", datasets[0], "full", 1)]
+        runs += [Run("trl_default", datasets[0], "lora", 1)]
     return [r for r in runs if only is None or r.system == only]
 
 
@@ -589,7 +644,8 @@ def run_spec(run: Run, data: dict, work: Path) -> dict:
     ds = data["datasets"][run.dataset]
     return {
         **VARIANTS[run.variant], "name": run.name, "method": run.method,
-        "run_dir": str(work / "runs" / run.name),
+        "run_dir": str(work / "runs" / run.name), "model": data["model"]["name"],
+        "token_rows": data["model"]["token_rows"],
         "train_file": ds["train_file"], "eval_file": ds["eval_file"],
         "mean_row_tokens": ds["train_tokens"] / max(ds["train_rows"], 1),
     }  # fmt: skip
@@ -682,10 +738,11 @@ def summarise(results: list[dict], datasets: list[str]) -> dict:
     for key in ("speedup_supervised_tokens_per_s", "peak_rss_ratio", "eval_loss_ratio"):
         out[key] = geomean([by_dataset[ds]["sftlab/trl"][key] for ds in datasets])
     out["ratios_by_dataset"] = by_dataset
-    full = {"sftlab": agg("sftlab", "generated", "full"), "trl": agg("trl", "generated", "full")}
+    first = datasets[0] if datasets else "generated"
+    full = {"sftlab": agg("sftlab", first, "full"), "trl": agg("trl", first, "full")}
     if full["sftlab"] or full["trl"]:
         out["full_finetuning"] = {
-            "dataset": "generated",
+            "dataset": first,
             **full,
             **compare(full["sftlab"], full["trl"]),
         }
@@ -763,7 +820,9 @@ def ratio_table(report: dict):
         table.add_column(col, justify="left" if col in ("data", "method", "a / b") else "right")
     rows = [(ds, "lora", name, r) for ds, cmp in report["ratios_by_dataset"].items() for name, r in cmp.items()]  # fmt: skip
     if report.get("full_finetuning"):
-        rows.append(("generated", "full", "sftlab/trl", report["full_finetuning"]))
+        rows.append(
+            (report["full_finetuning"]["dataset"], "full", "sftlab/trl", report["full_finetuning"])
+        )
     for ds, method, name, r in rows:
         if r.get("speedup_supervised_tokens_per_s") is None:
             continue
@@ -834,6 +893,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--quick", action="store_true", help="LoRA on the generated set, one run each (<10 min)"
     )
     p.add_argument("--only", choices=["sftlab", "trl"], help="run one system only (no ratios)")
+    p.add_argument("--model", choices=list(MODELS), default="default",
+                   help="embedded model to train (default: SmolLM2-135M-Instruct)")  # fmt: skip
     p.add_argument("--rows", type=int, help="training rows per data set (default: quick = all of the generated set, "
                    "full = all generated + Alpaca up to 16k supervised tokens)")  # fmt: skip
     p.add_argument("--reps", type=int, help="repetitions per system (default: 1 quick, 2 full)")
@@ -844,7 +905,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def chosen_datasets(args) -> dict:
-    sizes = dict(QUICK_DATASETS if args.quick else FULL_DATASETS)
+    _, quick, full = MODELS[args.model]
+    sizes = dict(quick if args.quick else full)
     if "alpaca" in sizes and not ALPACA.is_file():
         print(f"note: {ALPACA} not found; the Alpaca runs are skipped")
         del sizes["alpaca"]
@@ -877,7 +939,9 @@ def start_session(args, work: Path) -> Session:
     started = time.time()
     sizes = chosen_datasets(args)
     print("preparing data (held-out split, token counts, base-model eval loss) ...", flush=True)
-    data = run_child("prepare", {"workdir": str(work), "datasets": sizes}, work, "prepare")
+    spec = {"workdir": str(work), "datasets": sizes, "model": args.model}
+    data = run_child("prepare", spec, work, "prepare")
+    data["model"]["name"] = args.model
     for name, ds in data["datasets"].items():
         print(f"  {name}: {ds['train_rows']} training rows ({ds['train_supervised_tokens']:,} supervised of "
               f"{ds['train_tokens']:,} tokens), {ds['eval_rows']} held out, base eval loss {ds['eval_loss_base']:.3f}")  # fmt: skip
@@ -928,7 +992,7 @@ def build_report(session: Session) -> dict:
         "rows_override": args.rows, "reps_override": args.reps, "only": args.only,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(session.started)),
         "machine": machine, "versions": versions(), "ceilings": {**best, "measurements": session.ceilings},
-        "model": {"name": "default (embedded SmolLM2-135M-Instruct, fp32 safetensors)", **data["model"]},
+        "model": {**data["model"], "label": MODELS[data["model"]["name"]][0]},
         "settings": settings(), "datasets": data["datasets"],
     }  # fmt: skip
     report.update(summarise(rows, list(data["datasets"])))
