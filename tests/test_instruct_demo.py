@@ -215,3 +215,8 @@ def test_demo_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, monkeypatch):
         assert key in saved, key
     assert saved["run_dir"] == str(run_dir) and (run_dir / "adapter").is_dir()
     assert len(saved["few_shot_examples"]) == 3
+    base = json.loads((run_dir / "data" / "base_answers.json").read_text())
+    assert (
+        base["zero_shot"] == saved["answers_before"]
+        and base["few_shot"] == saved["answers_fewshot"]
+    )

@@ -128,7 +128,10 @@ def ask_base(config: RunConfig, rows: list[dict], shots: list[Conversation]):
     renderer, stop_ids = Renderer(tokenizer, fmt), stop_token_ids(tokenizer, fmt)
     base = load_model(ref).eval()
     queries = [user_turn(r["prompt"]) for r in rows]
-    print(f"asking the base model {len(rows)} held-out prompts, zero-shot and {FEW_SHOT}-shot ...")
+    print(
+        f"asking the base model {len(rows)} held-out prompts, zero-shot and {FEW_SHOT}-shot ...",
+        flush=True,
+    )
     before = ask(base, renderer, stop_ids, queries)
     fewshot = ask(base, renderer, stop_ids, [few_shot_conversation(shots, q) for q in queries])
     return before, fewshot, template_markers(tokenizer, fmt)
@@ -144,6 +147,13 @@ def run_instruct_demo(run_dir: Path, overrides: Sequence[str] = (), model: str =
     rows = read_rows(heldout_file)
     shots = pick_shots([conversation(r) for r in read_rows(train_file)], FEW_SHOT, SEED)
     before, fewshot, markers = ask_base(config, rows, shots)
+    # Kept before training starts: the base model's answers take minutes on a CPU.
+    write_json(run_dir / "data" / "base_answers.json", {
+        "prompts": [r["prompt"] for r in rows],
+        "zero_shot": [g.text for g in before], "few_shot": [g.text for g in fewshot],
+        "zero_shot_stopped": [g.stopped for g in before],
+        "few_shot_stopped": [g.stopped for g in fewshot],
+    })  # fmt: skip
 
     train(config, restart=True)  # the demo owns its run directory: always a fresh run
     run = load_run(run_dir)
