@@ -276,6 +276,25 @@ def test_run_trains_exactly_the_rows_and_reloads_and_merges_them(tmp_path, kind)
     torch.testing.assert_close(plain, want, rtol=1e-5, atol=1e-5)
 
 
+def test_markers_added_to_the_vocabulary_are_trained_and_merged(tmp_path):
+    """Gemma's turn format on the byte tokenizer: its two markers become new tokens whose rows
+    start at the mean row (model/vocab.py); auto trains exactly those rows."""
+    from sftlab.recipes.sft import train
+    from test_recipe_smoke import tiny_config
+
+    base = model_dir(tmp_path, "tied")
+    run = train(tiny_config(tmp_path, base, "template.chat_template=gemma", "export.merged=true"))
+    added = json.loads((run / "chat_format.json").read_text())["added_token_ids"]
+    report = json.loads((run / "mask_report.json").read_text())["untrained_tokens"]
+    assert len(added) == 2 and report["trained_rows"] == report["flagged"] == added
+    before = load_file(base / "model.safetensors")["model.embed_tokens.weight"]
+    after = load_file(run / "merged" / "model.safetensors")["model.embed_tokens.weight"]
+    assert len(after) == max(added) + 1
+    assert torch.equal(after[: min(added)], before[: min(added)])  # the old rows, untouched
+    mean = before[: min(added)].mean(dim=0)
+    assert all(not torch.allclose(after[i], mean) for i in added)  # trained off the mean
+
+
 def test_resume_restores_the_rows_bitwise(tmp_path):
     from sftlab.recipes.sft import train
     from test_recipe_smoke import tiny_config
@@ -307,24 +326,25 @@ QA = [
 
 @pytest.mark.real
 def test_gemma_base_turn_markers_are_flagged_and_no_ordinary_token():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Rendered by sftlab's own template choice for a model without one (Gemma's turn format),
+    checked and chosen as `sftlab train` does (train.token_rows: auto)."""
+    from transformers import AutoModelForCausalLM
 
-    from sftlab.model.load import resolve_model
+    from sftlab.model.load import load_tokenizer, resolve_model
+    from sftlab.model.token_rows import plan_token_rows
 
-    path = resolve_model("gemma3-270m").path
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    end = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-    assert (tokenizer.convert_tokens_to_ids("<start_of_turn>"), end) == (105, 106)
-    # Gemma's turn format, tokenized whole (the tokenizer adds <bos> itself)
-    texts = [
-        f"<start_of_turn>user\n{q}<end_of_turn>\n<start_of_turn>model\n{a}<end_of_turn>\n"
-        for q, a in QA
-    ]
-    rows = [tokenizer(t)["input_ids"] for t in texts]
-    report = check_untrained_tokens(model, rows, control_token_ids(tokenizer, end), tokenizer)
-    assert report["flagged"] == [105, 106]  # every other token of the rows is not
+    ref = resolve_model("gemma3-270m")
+    tokenizer = load_tokenizer(ref)
+    renderer = Renderer(tokenizer, build_chat_format(tokenizer, TemplateConfig()))
+    assert tokenizer.convert_tokens_to_ids(["<start_of_turn>", "<end_of_turn>"]) == [105, 106]
+    examples = [renderer.encode(Conversation((Message("user", q), Message("assistant", a))))
+                for q, a in QA]  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
+    said = []
+    rows, report = plan_token_rows(model, "auto", renderer, examples, said.append)
+    assert rows == report["flagged"] == [105, 106]  # every other token of the rows is not
     assert all("p=" in t["why"] for t in report["tokens"] if t["flagged"])
+    assert "<end_of_turn> (106)" in said[0] and "training their rows" in said[0]
 
 
 @pytest.mark.real
