@@ -102,7 +102,7 @@ def write_run_report(run_dir: Path, pieces: list[tuple[str, bool]] | None = None
         "run.html.j2",
         title=f"Run report: {run.name}",
         run=run,
-        model=(run.config.get("model") or {}).get("name", "?"),
+        model=model_label((run.config.get("model") or {}).get("name", "?")),
         method=(run.config.get("train") or {}).get("method", "?"),
         cards=_cards(run),
         charts=run_charts(run),
@@ -115,6 +115,11 @@ def write_run_report(run_dir: Path, pieces: list[tuple[str, bool]] | None = None
         answers_step=run.probes[-1]["step"] if run.probes else None,
     )
     return write_page(Path(run_dir) / "report.html", html)
+
+
+def model_label(name: str) -> str:
+    """A local model folder by its own name (the page may be read on another machine)."""
+    return Path(name).name if Path(name).is_absolute() else name
 
 
 def run_charts(run: RunRecords) -> dict[str, Markup]:
