@@ -6,43 +6,15 @@ count, id and highlighted token on the page is known here."""
 from __future__ import annotations
 
 import json
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from audit_dir import GARBAGE, SURPRISING_RESPONSE, write_audit_dir
 from conftest import CHROMIUM_ARGS
+from html_parts import parse
 from sftlab.hygiene.review import apply_review
 from sftlab.report.audit_page import write_audit_page
-
-
-class _Parts(HTMLParser):
-    """Every tag with its attributes, and the text inside <mark> elements."""
-
-    def __init__(self):
-        super().__init__()
-        self.tags: list[tuple[str, dict]] = []
-        self.marks: list[str] = []
-        self._in_mark = False
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-        self._in_mark = tag == "mark"
-
-    def handle_endtag(self, tag):
-        if tag == "mark":
-            self._in_mark = False
-
-    def handle_data(self, data):
-        if self._in_mark:
-            self.marks.append(data)
-
-
-def parse(html: str) -> _Parts:
-    parts = _Parts()
-    parts.feed(html)
-    return parts
 
 
 @pytest.fixture

@@ -6,41 +6,17 @@ training the random model never ends its turn; after it, every probe answer is t
 from __future__ import annotations
 
 import json
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from conftest import CHROMIUM_ARGS, make_tiny_tokenizer
+from html_parts import parse
 from test_recipe_smoke import QA, lines, tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-class _Parts(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.tags: list[tuple[str, dict]] = []
-        self.marks: list[str] = []
-        self._in_mark = False
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-        self._in_mark = tag == "mark"
-
-    def handle_endtag(self, tag):
-        if tag == "mark":
-            self._in_mark = False
-
-    def handle_data(self, data):
-        if self._in_mark:
-            self.marks.append(data)
-
-
-def parse(html: str) -> _Parts:
-    parts = _Parts()
-    parts.feed(html)
-    return parts
 
 
 @pytest.fixture(scope="module")
