@@ -430,7 +430,10 @@ def _too_few_tokens(tokens: int, length: int) -> str:
     )
 
 
-def _read_tree(path: str | Path, source: str) -> tuple[dict, dict[tuple, int], list[str]]:
+def _read_tree(
+    path: str | Path, source: str,
+    expected: str = "expected a mapping of sections (model:, data:, train:, ...)",
+) -> tuple[dict, dict[tuple, int], list[str]]:
     """The YAML file as a dict, each key's line, and its duplicate keys (as problems)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -441,7 +444,7 @@ def _read_tree(path: str | Path, source: str) -> tuple[dict, dict[tuple, int], l
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError([f"not valid YAML: {exc}"], source) from None
     if not isinstance(tree, dict):
-        raise ConfigError(["expected a mapping of sections (model:, data:, train:, ...)"], source)
+        raise ConfigError([expected], source)
     if node is None:
         return tree, {}, []
     return tree, _key_lines(node), _duplicate_keys(node, source)
@@ -495,25 +498,20 @@ def to_yaml(config: RunConfig) -> str:
 def load_hygiene_config(path: str | Path) -> HygieneConfig:
     """An audit config: a run config's `hygiene:` section, or the same keys at the top level."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=_Loader)
-        tree = _load_yaml(text) or {}
-    except FileNotFoundError:
-        raise ConfigError([f"file not found: {path}"], source) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], source) from None
-    if not isinstance(tree, dict):
-        raise ConfigError(["expected a mapping of hygiene settings (actions:, thresholds:, ...)"], source)
-    lines = _key_lines(node) if node is not None else {}
+    tree, lines, duplicates = _read_tree(
+        path, source, "expected a mapping of hygiene settings (actions:, thresholds:, ...)"
+    )
     prefix: tuple = ("hygiene",) if "hygiene" in tree else ()
     section = tree["hygiene"] if prefix else tree
+    problems = list(duplicates)  # reported with the others, as for a run config
     try:
-        return HygieneConfig.model_validate(section or {})
+        config = HygieneConfig.model_validate(section or {})
     except ValidationError as exc:
-        problems = [
+        problems += [
             _describe((*prefix, *err["loc"]), "unknown key" if err["type"] == "extra_forbidden"
                       else err["msg"], lines, source)
             for err in exc.errors()
         ]  # fmt: skip
-        raise ConfigError(problems, source) from None
+    if problems:
+        raise ConfigError(problems, source)
+    return config
