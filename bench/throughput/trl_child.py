@@ -51,7 +51,8 @@ def sft_config(spec: dict, steps: int | None):
         max_grad_norm=c.MAX_GRAD_NORM, seed=spec["seed"], data_seed=spec["seed"],
         bf16=t["bf16"], fp16=False, use_cpu=True,  # bf16 autocast on CPU needs use_cpu=True
         packing=packed, packing_strategy=t["packing"] or "bfd", padding_free=t["padding_free"],
-        max_length=spec["max_length"],
+        # unpacked padding-free refuses a max_length it cannot enforce; the rows already fit it
+        max_length=None if t["padding_free"] and not packed else spec["max_length"],
         assistant_only_loss=spec["data_format"] == "assistant_only",
         completion_only_loss=spec["data_format"] == "completion" or None,
         activation_checkpointing=False,  # SFTConfig's default is on; recomputation only costs on CPU
