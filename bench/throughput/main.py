@@ -148,9 +148,10 @@ def prepare(session: Session, need_sweep_data: bool) -> None:
 
 
 def sweep_file(args, work: Path) -> Path:
-    if args.smoke:  # a smoke sweep is never stored where a real one lives
-        return work / "trl_sweep.smoke.json"
-    return args.sweep_file or sweep.SWEEP_FILE
+    if args.sweep_file:
+        return args.sweep_file
+    # a smoke sweep is never stored where a real one lives
+    return work / "trl_sweep.smoke.json" if args.smoke else sweep.SWEEP_FILE
 
 
 def find_trl_config(session: Session) -> None:
@@ -319,7 +320,8 @@ def finish(session: Session) -> int:
     write_json_atomic(session.out, result)
     if result["cases"]:
         print("\n" + report.results_table(result))
-    print(f"\nTRL baseline: {result['trl_baseline']['name']}")
+    for method, name in (result["trl_baseline"]["name"] or {}).items():
+        print(f"TRL baseline ({method}): {name}")
     print(f"results written to {session.out} ({result['wall_seconds']:.0f} s)")
     if session.args.keep or session.failures:
         print(f"work directory kept: {session.work}")
