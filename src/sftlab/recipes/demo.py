@@ -1,7 +1,8 @@
 """`sftlab demo`: teach the embedded model a new identity and show that it learned it.
 
-    1. write the data: identity Q&A naming an invented assistant and maker, and as many general
-       rows (the base model's own answers, see demo_data.py) so it keeps its general behaviour
+    1. write the data: identity Q&A naming an invented assistant and maker, and general rows (the
+       base model's own answers, see demo_data.py) so it keeps its general behaviour; training
+       mixes the two 1:1 by supervised tokens (GENERAL_ROWS, below)
     2. ask the base model held-out identity questions (paraphrases absent from training)
     3. train (LoRA) with the same recipe `sftlab train` runs
     4. ask the tuned model the same questions; compare side by side; write summary.json
@@ -49,6 +50,14 @@ SEED = 0
 GENERAL_HELDOUT = 12  # general prompts kept out of training, to measure what was forgotten
 SHOWN_GENERAL = 3
 MAX_NEW_TOKENS = 96
+# General rows trained on, out of the 105 in data/general.jsonl (the 105 identity rows are set
+# by that count). 1:1 by rows was 3.4:1 by supervised tokens (a general answer ~70 tokens, an
+# identity answer ~21), and those tokens are the base model's own greedy answers: re-fitting
+# them for 4 epochs sharpens the model toward its greedy mode, which is what costs general text
+# (measured, `sftlab eval` C4 perplexity: +16.5% with all 105 rows; +2.6% with none, but
+# held-out adherence fell to 0.88). 30 rows balance the halves by supervised tokens (~2,000
+# each) and halve the steps (132 -> 68): adherence 1.00, stop rate 1.00, perplexity +7.3%.
+GENERAL_ROWS = 30
 
 
 def general_rows() -> list[dict]:
@@ -93,13 +102,16 @@ def demo_config(run_dir: Path, identity: Path, general: Path) -> RunConfig:
         name="demo",
         output_dir=str(run_dir),
         data=DataConfig(
-            sources=[SourceConfig(path=str(identity)), SourceConfig(path=str(general))],
+            sources=[
+                SourceConfig(path=str(identity)),
+                SourceConfig(path=str(general), rows=GENERAL_ROWS),
+            ],
             eval_rows=8,
             seed=SEED,
         ),
         template=TemplateConfig(system_prompt=DEMO_SYSTEM_PROMPT, max_length=512),
-        # Small micro-batches give a small dataset enough optimizer steps (~130) at the default
-        # LoRA learning rate; measured: adherence 1.0 on held-out questions in ~90 s of training.
+        # Small micro-batches give a small dataset enough optimizer steps (~68) at the default
+        # LoRA learning rate for adherence 1.0 on held-out questions (see GENERAL_ROWS).
         train=TrainConfig(epochs=4, batch_tokens=512, grad_accum=1, seed=SEED),
     )
 
