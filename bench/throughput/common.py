@@ -24,6 +24,7 @@ WARMUP_RATIO = 0.05  # sftlab's default
 MIN_LR_RATIO = 0.1  # sftlab's default cosine floor
 MAX_GRAD_NORM = 1.0
 EVAL_ROWS = 40  # held-out conversations per data set, never trained on
+EVAL_TOKENS = 6_000  # ... or fewer, up to this many tokens (long rows: ~4; each pass is a forward)
 FLOPS_PER_PARAM = {"lora": 4, "full": 6}
 CONTENDED = 0.1  # other_cpu_share above this: another process used the CPU during the run
 VERSION_PACKAGES = ("trl", "transformers", "peft", "torch")  # the sweep's cache key

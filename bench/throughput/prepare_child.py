@@ -142,7 +142,11 @@ def split_dataset(kind: str, convs, renderer, max_length: int, rows, target_toke
     encoded = [(conv, renderer.encode(conv)) for conv in convs]
     kept = [(conv, e) for conv, e in encoded if usable(conv, e, kind, max_length)]
     random.Random(f"{c.SEED}/bench/{kind}").shuffle(kept)
-    heldout, pool = kept[: c.EVAL_ROWS], kept[c.EVAL_ROWS :]
+    n_eval, eval_tokens = 0, 0  # EVAL_ROWS rows, fewer of long ones: every eval pass costs
+    while n_eval < min(c.EVAL_ROWS, len(kept)) and eval_tokens < c.EVAL_TOKENS:
+        eval_tokens += len(kept[n_eval][1])
+        n_eval += 1
+    heldout, pool = kept[:n_eval], kept[n_eval:]
     train, tokens = [], 0
     for conv, example in pool:
         if (rows is not None and len(train) >= rows) or (target_tokens and tokens >= target_tokens):
