@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     session = Session(args, work, chosen_cases(args))
     session.machine["loadavg_at_start"] = os.getloadavg()
     try:
-        prepare(session, need_sweep_data=args.only != "sftlab")
+        stale = args.sweep or args.sweep_only or sweep.cached(sweep_file(args, work)) is None
+        prepare(session, need_sweep_data=args.only != "sftlab" and stale)
         measure_all(session)
     except ChildFailed as exc:
         print(f"\n{exc}\nwork directory kept: {work}", file=sys.stderr)
