@@ -13,7 +13,7 @@ import torch
 
 from conftest import make_tiny_model, make_tiny_tokenizer
 from sftlab.core.types import Conversation, Message
-from sftlab.eval.generate import generate, user_turn
+from sftlab.eval.generate import generate, length_batches, user_turn
 
 # different lengths (unsorted), one with earlier turns; some answers end on <|im_end|> early,
 # some run to their limit, so rows leave the batch at different steps
@@ -105,3 +105,10 @@ class _Ids:
     @staticmethod
     def encode_prompt(ids):
         return ids
+
+
+def test_length_batches_sort_and_keep_long_prompts_apart():
+    # sorted: 25 (2), 30 (0), 39 (4) fill a batch of 3; 60 (5) starts one that 145 would more
+    # than double, so 145 (3) and 150 (1) share the last
+    assert length_batches([30, 150, 25, 145, 39, 60], 3) == [[2, 0, 4], [5], [3, 1]]
+    assert length_batches([], 4) == []

@@ -75,16 +75,27 @@ def generate(
     """
     limits = _limits(max_new_tokens, len(conversations))
     prompts = [renderer.encode_prompt(c) for c in conversations]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     step = _greedy_batch if temperature <= 0 and _plain_greedy(model) else _hf_batch
     out: list[Generation | None] = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in length_batches([len(p) for p in prompts], batch_size):
         rows = step(model, [prompts[i] for i in chunk], [limits[i] for i in chunk], stop_ids,
                     _pad_id(renderer.tokenizer, stop_ids), temperature)  # fmt: skip
         for i, row in zip(chunk, rows, strict=True):
             out[i] = _finish(row, renderer.tokenizer, stop_ids)
     return out
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices in order of length, cut into batches of at most `batch_size` whose longest prompt
+    is at most twice its shortest: left-padding then at most doubles a batch's prompt tokens
+    (a few-shot prompt of 150 tokens does not pad thirty prompts of 30 to its length)."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and len(batches[-1]) < batch_size and lengths[i] <= 2 * lengths[batches[-1][0]]:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _limits(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
