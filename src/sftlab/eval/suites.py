@@ -18,21 +18,39 @@ from sftlab.eval.perplexity import perplexity
 from sftlab.eval.safety import safety_rates
 from sftlab.eval.tasks import TaskRow
 
+# Refusals open the answer (hygiene/refusal.py): 48 tokens (~200 characters) hold the opening a
+# refusal is judged on; on the demo's probes the verdicts at 32, 48, 64 and 96 tokens agree
+SAFETY_MAX_NEW_TOKENS = 48
+
 
 class Generator:
     """generate() with the side's renderer and stop tokens, timed into a shared `speed` dict."""
 
-    def __init__(self, model, renderer, stop_ids, max_new_tokens: int, batch_size: int, speed):
+    def __init__(self, model, renderer, stop_ids, batch_size: int, speed):
         self.model, self.renderer, self.stop_ids = model, renderer, list(stop_ids)
-        self.max_new_tokens, self.batch_size, self.speed = max_new_tokens, batch_size, speed
+        self.batch_size, self.speed = batch_size, speed
 
-    def __call__(self, conversations) -> list[Generation]:
+    def __call__(self, jobs: dict[str, tuple[list, int]]) -> dict[str, list[Generation]]:
+        """{kind: (conversations, max_new_tokens)} -> {kind: generations}, in one generate()
+        call, so prompts of every kind share batches and no batch runs half empty."""
+        convs = [c for conversations, _ in jobs.values() for c in conversations]
+        limits = [n for conversations, n in jobs.values() for _ in conversations]
         started = time.perf_counter()
-        out = generate(self.model, self.renderer, conversations, self.stop_ids,
-                       self.max_new_tokens, self.batch_size)  # fmt: skip
+        out = generate(self.model, self.renderer, convs, self.stop_ids, limits, self.batch_size)
         self.speed["seconds"] += time.perf_counter() - started
         self.speed["tokens"] += sum(len(g.token_ids) for g in out)
-        return out
+        answers, start = {}, 0
+        for kind, (conversations, _) in jobs.items():
+            answers[kind] = out[start : start + len(conversations)]
+            start += len(conversations)
+        return answers
+
+
+def generation_limits(max_new_tokens: int) -> dict[str, int]:
+    """Token limits per kind of prompt (eval.json settings): the task and general answers get
+    the user's limit, the safety probes what a refusal verdict reads."""
+    return {"task": max_new_tokens, "general": max_new_tokens,
+            "safety": min(max_new_tokens, SAFETY_MAX_NEW_TOKENS)}  # fmt: skip
 
 
 def task_block(rows: Sequence[TaskRow], generations: Sequence[Generation], markers) -> dict:
@@ -50,19 +68,26 @@ def task_block(rows: Sequence[TaskRow], generations: Sequence[Generation], marke
 
 def evaluate_side(model, renderer, stop_ids, rows, shots, texts, prompts, probes, opts, speed):
     """Every figure for one model; few-shot answers only when `shots` is non-empty."""
-    ask = Generator(model, renderer, stop_ids, opts.max_new_tokens, opts.batch_size, speed)
-    markers = template_markers(renderer.tokenizer)
-    out = {"task": task_block(rows, ask([r.prompt for r in rows]), markers)}
+    limits = generation_limits(opts.max_new_tokens)
+    jobs = {"task": ([r.prompt for r in rows], limits["task"])}
     if shots:
-        few = ask([few_shot_conversation(shots, r.prompt) for r in rows])
-        out["few_shot"] = task_block(rows, few, markers)
+        jobs["few_shot"] = ([few_shot_conversation(shots, r.prompt) for r in rows], limits["task"])
+    if prompts:
+        jobs["general"] = ([user_turn(p) for p in prompts], limits["general"])
+    if probes:
+        jobs["safety"] = ([user_turn(p["prompt"]) for p in probes], limits["safety"])
+    answers = Generator(model, renderer, stop_ids, opts.batch_size, speed)(jobs)
+    markers = template_markers(renderer.tokenizer)
+    out = {"task": task_block(rows, answers["task"], markers)}
+    if shots:
+        out["few_shot"] = task_block(rows, answers["few_shot"], markers)
     if texts:
         out["general_text"] = perplexity(model, renderer, texts)
     if prompts:
-        out["general_answers"] = [g.text for g in ask([user_turn(p) for p in prompts])]
+        out["general_answers"] = [g.text for g in answers["general"]]
     if probes:
-        answers = [g.text for g in ask([user_turn(p["prompt"]) for p in probes])]
-        out["safety"] = safety_rates(probes, answers) | {"answers": answers}
+        said = [g.text for g in answers["safety"]]
+        out["safety"] = safety_rates(probes, said) | {"answers": said}
     return out
 
 

@@ -30,7 +30,7 @@ from sftlab.data.mixture import build_mixture, load_source
 from sftlab.eval.fewshot import pick_shots
 from sftlab.eval.perplexity import default_general_text, read_general_text
 from sftlab.eval.safety import load_probes
-from sftlab.eval.suites import evaluate_side, require_lm_eval, run_lm_eval
+from sftlab.eval.suites import evaluate_side, generation_limits, require_lm_eval, run_lm_eval
 from sftlab.eval.tasks import TaskRow, load_task_file, task_rows
 from sftlab.export.artifacts import load_run, stop_token_ids
 from sftlab.model.device import default_device
@@ -52,7 +52,7 @@ class EvalOptions:
     safety: bool = False
     lm_eval: str | None = None
     max_new_tokens: int = 96
-    batch_size: int = 32
+    batch_size: int = 64  # rows of one generation batch; length_batches splits by prompt length
     seed: int = 0
 
 
@@ -71,7 +71,13 @@ class Plan:
     rows: list[TaskRow]
     pool: list  # training conversations for few-shot examples
     data: str
-    sides: list[Side]
+    sides: list[Side]  # in report order: the tuned model first
+    base_first: bool = False  # the tuned model is built on the base pass's loaded weights
+
+    def run_order(self) -> list[Side]:
+        return (
+            sorted(self.sides, key=lambda s: s.label != "base") if self.base_first else self.sides
+        )
 
 
 def run_eval(opts: EvalOptions, say=print) -> dict:
@@ -84,11 +90,12 @@ def run_eval(opts: EvalOptions, say=print) -> dict:
     probes = load_probes() if opts.safety else []
     shots = pick_shots(plan.pool, opts.shots, opts.seed)
     speed = {"tokens": 0, "seconds": 0.0}
-    for i, side in enumerate(plan.sides):
+    for side in plan.run_order():
         say(f"evaluating {side.label} model ({side.name}) ...")
         model, renderer, stop_ids = side.load()
         model = model.to(default_device())  # CUDA/MPS when present; generation follows the model
-        use_shots = shots if i > 0 or len(plan.sides) == 1 else []
+        # few-shot prompts go to the baseline (or to a lone model)
+        use_shots = shots if side is not plan.sides[0] or len(plan.sides) == 1 else []
         side.results = evaluate_side(model, renderer, stop_ids, plan.rows, use_shots, texts,
                                      prompts, probes, opts, speed)  # fmt: skip
         if opts.lm_eval:
@@ -148,7 +155,14 @@ def _run_plan(opts: EvalOptions, run_dir: Path) -> Plan:
         rows, data = task_rows(mixture.eval, opts.metric), f"{run_dir} (the run's eval split)"
     pool = _pool(opts.train) if opts.train else list(mixture.train)
 
+    # An adapter run evaluated against its own base loads the base model once: the base pass
+    # runs first, then the adapter is merged into the same weights for the tuned pass.
+    shared = {} if opts.baseline is None and (run_dir / "adapter").is_dir() else None
+
     def tuned():
+        if shared:
+            model, renderer, stop_ids = shared.pop("base")
+            return merge_adapter(model, run_dir, renderer.fmt), renderer, stop_ids
         run = load_run(run_dir)
         return run.model, run.renderer, run.stop_ids
 
@@ -162,11 +176,25 @@ def _run_plan(opts: EvalOptions, run_dir: Path) -> Plan:
         )
         ref = resolve_model(base_name, allow_pickle, run_dir)
         renderer, stop_ids = load_run_format(run_dir)
-        model = load_model(ref, allow_pickle=allow_pickle, trust_remote_code=remote)
-        return model.eval(), renderer, stop_ids
+        model = load_model(ref, allow_pickle=allow_pickle, trust_remote_code=remote).eval()
+        if shared is not None:
+            shared["base"] = (model, renderer, stop_ids)
+        return model, renderer, stop_ids
 
     sides = [Side("tuned", str(run_dir), tuned), Side("base", base_name, base)]
-    return Plan(rows, pool, data, sides)
+    return Plan(rows, pool, data, sides, base_first=shared is not None)
+
+
+@torch.no_grad()
+def merge_adapter(model, run_dir: Path, fmt):
+    """The run's adapter merged into a loaded base model, as export.artifacts.load_run builds
+    the tuned model from a fresh one (embedding rows for added markers, then the adapter)."""
+    from peft import PeftModel
+
+    from sftlab.model.vocab import grow_embeddings
+
+    grow_embeddings(model, fmt.added_token_ids)
+    return PeftModel.from_pretrained(model, run_dir / "adapter").merge_and_unload().eval()
 
 
 def load_run_format(run_dir: Path):
@@ -217,7 +245,8 @@ def assemble(opts: EvalOptions, plan: Plan, shots, probes, prompts, speed) -> di
         "data": plan.data,
         "settings": {
             "shots": len(shots),
-            "max_new_tokens": opts.max_new_tokens,
+            "max_new_tokens": opts.max_new_tokens,  # the task answers' limit (stop rate)
+            "max_new_tokens_by_kind": generation_limits(opts.max_new_tokens),
             "metric": opts.metric,
             "seed": opts.seed,
             "safety": opts.safety,
