@@ -7,9 +7,12 @@ it cost? Writes eval.json (every figure, per example) and eval.html (the same, a
     safety     refusal of harmful requests, over-refusal of benign look-alikes (--safety)
     health     stop rate, template-token leakage, empty answers, loops (eval/health.py)
 
-Models are evaluated one after the other (the tuned one, then the baseline), so only one is in
-memory at a time. With a run directory the baseline is the run's base model, prompted through
-the run's own renderer (same template and system prompt), and the data is the run's eval split.
+Models are evaluated one after the other, so only one is in memory at a time. With a run
+directory the baseline is the run's base model, prompted through the run's own renderer (same
+template and system prompt), and the data is the run's eval split; for an adapter run the base
+model is loaded once: its pass runs first, then the adapter is merged into the same weights.
+Each model answers all its prompts in one generate() call (eval/generate.py: batched by prompt
+length, a row leaving its batch when it stops); the token limits per kind are in eval.json.
 """
 
 from __future__ import annotations
