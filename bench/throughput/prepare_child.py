@@ -239,7 +239,10 @@ def prepare_one(name: str, want: dict, work: Path, sources: dict, models: dict) 
     train = [e for _, e in split["train"]]
     return {
         **want, **trl_side(renderer), "model_path": model_info(model)["path"],
-        "token_rows": marker_rows(renderer),
+        # TRL 1.16's fused LM head reads lm_head.weight/.bias directly, and peft's wrapper for
+        # trainable_token_indices has no .bias (AttributeError in the first step): neither system
+        # trains the marker rows here, so both do the same work (LoRA only). Kept for the record.
+        "token_rows": [], "marker_rows_not_trained": marker_rows(renderer),
         "train_file": str(folder / "train.jsonl"), "eval_file": str(folder / "eval.jsonl"),
         "rows_in": len(sources[kind]), "rows_unusable": split["dropped"],
         "train_rows": len(train), "train_rows_available": split["available"],
