@@ -157,3 +157,24 @@ def test_report_of_a_run_still_training_with_an_eval_json(tmp_path):
     table = html.split('id="eval-json"')[1].split("</table>")[0]
     assert "<td>tuned.accuracy</td><td class=\"num\">0.75</td>" in table
     assert "<td>seconds</td><td class=\"num\">12</td>" in table
+
+
+def test_report_and_compare_of_runs_trained_without_probes(tmp_path):
+    """`train.probes.prompts: 0` (or no eval split) leaves no probe figures: the pages still render,
+    without the probe chart (the page's StrictUndefined once failed on the missing chart)."""
+    from sftlab.recipes.compare import compare_runs
+    from sftlab.report.run_page import write_run_report
+    from test_compare import Q1, write_run
+
+    runs = []
+    for name, lr in (("a", 1e-4), ("b", 1e-3)):
+        run = write_run(tmp_path / name, lr, [2.0, 1.5], {Q1: "Two."})
+        records = [{k: v for k, v in r.items() if not k.startswith("probe_")}
+                   for r in lines(run / "metrics.jsonl")]  # fmt: skip
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (run / "probes.jsonl").unlink()
+        html = write_run_report(run).read_text(encoding="utf-8")
+        assert 'id="chart-loss"' in html and 'id="chart-probes"' not in html
+        runs.append(run)
+    page = compare_runs(runs, tmp_path / "cmp").read_text(encoding="utf-8")
+    assert 'id="chart-loss"' in page and 'id="chart-probes"' not in page

@@ -69,6 +69,8 @@ def compare_charts(runs: list[RunRecords], sweep: dict | None) -> dict:
         "loss": svg_lines({r.label: r.series("loss") for r in runs}, "step", "train loss"),
         "eval": svg_lines({r.label: r.series("eval_loss", evals=True) for r in runs},
                           "step", "eval loss", points=True),
+        "probes": None,  # optional charts stay keys: the page's StrictUndefined fails on a missing one
+        "sweep": None,
     }  # fmt: skip
     if any(r.last("probe_stop_rate") is not None for r in runs):
         charts["probes"] = svg_lines(

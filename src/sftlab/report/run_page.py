@@ -135,8 +135,12 @@ def run_charts(run: RunRecords) -> dict[str, Markup]:
         "stop rate": run.series("probe_stop_rate", evals=True),
         "task accuracy": run.series("probe_task_accuracy", evals=True),
     }
-    if any(xs for xs, _ in probes.values()):
-        charts["probes"] = svg_lines(probes, "step", "share of probe prompts", points=True)
+    # present even when empty: the page's StrictUndefined turns a missing key into an error
+    charts["probes"] = (
+        svg_lines(probes, "step", "share of probe prompts", points=True)
+        if any(xs for xs, _ in probes.values())
+        else None
+    )
     return charts
 
 
