@@ -91,18 +91,22 @@ def load_run(
     if (run_dir / "model").is_dir():
         model = load_model(resolve_model(str(run_dir / "model")), dtype=dtype, **permissions)
     elif (run_dir / "adapter").is_dir():
-        from peft import PeftModel
-
         # `source` is absolute (older runs: the name, resolved against the run's folder)
         base_ref = resolve_model(
             trained.get("source") or trained["name"], permissions["allow_pickle"], run_dir
         )
         base = load_model(base_ref, dtype=dtype, **permissions)
-        grow_embeddings(base, fmt.added_token_ids)  # the rows the run started from
-        model = PeftModel.from_pretrained(base, run_dir / "adapter")
-        if merged:
-            model = model.merge_and_unload()
+        model = attach_adapter(base, run_dir, fmt, merged)
     else:
         raise SftlabError(f"{run_dir} holds no trained weights (adapter/ or model/)")
     model.eval()
     return LoadedRun(model, tokenizer, fmt, Renderer(tokenizer, fmt), manifest)
+
+
+def attach_adapter(base, run_dir: Path, fmt: ChatFormat, merged: bool = True):
+    """The run's adapter on a loaded base model (merged into its weights, or as a PeftModel)."""
+    from peft import PeftModel
+
+    grow_embeddings(base, fmt.added_token_ids)  # the rows the run started from
+    model = PeftModel.from_pretrained(base, run_dir / "adapter")
+    return model.merge_and_unload() if merged else model

@@ -35,7 +35,7 @@ from sftlab.eval.perplexity import default_general_text, read_general_text
 from sftlab.eval.safety import load_probes
 from sftlab.eval.suites import evaluate_side, generation_limits, require_lm_eval, run_lm_eval
 from sftlab.eval.tasks import TaskRow, load_task_file, task_rows
-from sftlab.export.artifacts import load_run, stop_token_ids
+from sftlab.export.artifacts import attach_adapter, load_run, stop_token_ids
 from sftlab.model.device import default_device
 from sftlab.model.load import load_model, load_tokenizer, resolve_model
 from sftlab.template.format import build_chat_format
@@ -165,7 +165,7 @@ def _run_plan(opts: EvalOptions, run_dir: Path) -> Plan:
     def tuned():
         if shared:
             model, renderer, stop_ids = shared.pop("base")
-            return merge_adapter(model, run_dir, renderer.fmt), renderer, stop_ids
+            return attach_adapter(model, run_dir, renderer.fmt).eval(), renderer, stop_ids
         run = load_run(run_dir)
         return run.model, run.renderer, run.stop_ids
 
@@ -186,18 +186,6 @@ def _run_plan(opts: EvalOptions, run_dir: Path) -> Plan:
 
     sides = [Side("tuned", str(run_dir), tuned), Side("base", base_name, base)]
     return Plan(rows, pool, data, sides, base_first=shared is not None)
-
-
-@torch.no_grad()
-def merge_adapter(model, run_dir: Path, fmt):
-    """The run's adapter merged into a loaded base model, as export.artifacts.load_run builds
-    the tuned model from a fresh one (embedding rows for added markers, then the adapter)."""
-    from peft import PeftModel
-
-    from sftlab.model.vocab import grow_embeddings
-
-    grow_embeddings(model, fmt.added_token_ids)
-    return PeftModel.from_pretrained(model, run_dir / "adapter").merge_and_unload().eval()
 
 
 def load_run_format(run_dir: Path):
