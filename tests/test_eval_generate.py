@@ -13,7 +13,14 @@ import torch
 
 from conftest import make_tiny_model, make_tiny_tokenizer
 from sftlab.core.types import Conversation, Message
-from sftlab.eval.generate import generate, length_batches, user_turn
+from sftlab.eval.fewshot import few_shot_conversation
+from sftlab.eval.generate import (
+    decode_groups,
+    generate,
+    length_batches,
+    shared_prefix,
+    user_turn,
+)
 
 # different lengths (unsorted), one with earlier turns; some answers end on <|im_end|> early,
 # some run to their limit, so rows leave the batch at different steps
@@ -30,7 +37,21 @@ PROMPTS = [
     user_turn("Hi"),
     user_turn("List three prime numbers, separated by commas, and nothing else."),
 ]
-LIMITS = [24, 24, 24, 5, 24]
+# two few-shot prompts: a batch of their own (length), whose long common prefix (system prompt
+# and the examples' turns) is computed once and its cache copied to both rows
+SHOTS = [user_turn("Say hello in French."), user_turn("Say thanks in German.")]
+SHOT_ANSWERS = ["Bonjour.", "Danke."]
+PROMPTS += [
+    few_shot_conversation(
+        [
+            Conversation((*s.messages, Message("assistant", a)))
+            for s, a in zip(SHOTS, SHOT_ANSWERS, strict=True)
+        ],
+        user_turn(q),
+    )
+    for q in ("Say goodbye in Italian.", "Say yes in Spanish, please.")
+]
+LIMITS = [24, 24, 24, 5, 24, 16, 16]
 
 
 def one_at_a_time(model, renderer, conv, stop_ids, limit) -> list[int]:
@@ -70,6 +91,90 @@ def test_batched_generation_matches_one_prompt_at_a_time(smol, batch_size):
     assert [g.text for g in got] == [renderer.tokenizer.decode(e) for e in expected]
     assert [g.stopped for g in got] == [len(e) < n for e, n in zip(expected, LIMITS, strict=True)]
     assert len(got[3].token_ids) <= 5  # "Hi" under its own limit of 5
+
+
+@pytest.mark.real
+def test_a_common_prefix_is_computed_once(smol):
+    """The few-shot prompts' examples (and every prompt's system prompt) go through the model
+    once per batch, not once per row: the prompt tokens the model sees are fewer than the
+    prompts hold, by the shared prefix times (rows - 1)."""
+    model, renderer, stop_ids = smol
+    prompts = [renderer.encode_prompt(c) for c in PROMPTS[-2:]]
+    shared = shared_prefix(prompts)
+    assert shared > 50  # the system prompt and two example turns
+    seen = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, args, kwargs: seen.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    try:
+        generate(model, renderer, PROMPTS[-2:], stop_ids, 1, batch_size=2)
+    finally:
+        hook.remove()
+    # one new token: the prefix once, then both rows' rest (left-padded to the longer)
+    rest = max(len(p) for p in prompts) - shared
+    assert seen == [torch.Size([1, shared]), torch.Size([2, rest])]
+
+
+@pytest.mark.real
+def test_prefill_batches_decode_as_one(smol):
+    """The short prompts and the few-shot prompts are prefilled apart (their lengths differ more
+    than 2x) and decoded in one batch: one decoding step per token of the longest answer, not
+    one per token of each prefill batch's longest answer."""
+    model, renderer, stop_ids = smol
+    lengths = [len(renderer.encode_prompt(c)) for c in PROMPTS]
+    assert len(length_batches(lengths, 8)) == 2
+    steps = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, args, kwargs: steps.append(kwargs["input_ids"].shape[1] == 1), with_kwargs=True
+    )
+    try:
+        got = generate(model, renderer, PROMPTS, stop_ids, LIMITS, batch_size=8)
+    finally:
+        hook.remove()
+    produced = [g.tokens + g.stopped for g in got]  # the stop token is generated too
+    assert sum(steps) == max(produced) - 1
+    assert max(produced) < sum(max(produced[i] for i in b) for b in length_batches(lengths, 8))
+
+
+def test_decode_groups_join_consecutive_prefill_batches_up_to_the_batch_size():
+    chunks = [[2, 0], [4], [5, 6, 7], [3, 1]]
+    assert decode_groups(chunks, 4) == [[[2, 0], [4]], [[5, 6, 7]], [[3, 1]]]
+    assert decode_groups(chunks, 7) == [[[2, 0], [4], [5, 6, 7]], [[3, 1]]]
+    assert decode_groups(chunks, 8) == [chunks]
+    assert decode_groups(chunks, 1) == [[c] for c in chunks]  # a lone batch is never split
+
+
+def test_shared_prefix_keeps_every_prompts_last_token():
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2  # [1, 2, 3] must still be run: its logits
+    assert shared_prefix([[7, 1], [8, 1]]) == 0
+    assert shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+
+
+def test_sampling_draws_from_the_models_distribution():
+    """The first sampled token of one prompt, over 600 draws, has the frequencies of
+    softmax(logits / temperature) (each within 5 standard errors); a tiny temperature is greedy."""
+    from sftlab.config import TemplateConfig
+    from sftlab.template.format import build_chat_format
+    from sftlab.template.render import Renderer
+
+    tokenizer = make_tiny_tokenizer()
+    fmt = build_chat_format(tokenizer, TemplateConfig())
+    renderer, stop_ids = Renderer(tokenizer, fmt), [fmt.end_of_turn_id]
+    model = make_tiny_model().eval()
+    prompt = user_turn("abc")
+    ids = torch.tensor([renderer.encode_prompt(prompt)])
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=ids).logits[0, -1].float() / 2.0, dim=-1)
+    torch.manual_seed(0)
+    draws = generate(model, renderer, [prompt] * 600, stop_ids, 1, batch_size=64, temperature=2.0)
+    firsts = torch.tensor([g.token_ids[0] if g.token_ids else stop_ids[0] for g in draws])
+    for token in probs.topk(3).indices.tolist():
+        p, freq = probs[token].item(), (firsts == token).float().mean().item()
+        assert abs(freq - p) < 5 * (p * (1 - p) / 600) ** 0.5, (token, p, freq)
+    assert len(set(firsts.tolist())) > 3  # not greedy
+    greedy = generate(model, renderer, [prompt], stop_ids, 8)[0]
+    assert generate(model, renderer, [prompt], stop_ids, 8, temperature=1e-4)[0] == greedy
 
 
 def test_a_generation_config_that_changes_greedy_goes_through_transformers():
