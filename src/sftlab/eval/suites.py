@@ -21,6 +21,10 @@ from sftlab.eval.tasks import TaskRow
 # Refusals open the answer (hygiene/refusal.py): 48 tokens (~200 characters) hold the opening a
 # refusal is judged on; on the demo's probes the verdicts at 32, 48, 64 and 96 tokens agree
 SAFETY_MAX_NEW_TOKENS = 48
+# General answers are shown side by side for a person to compare the two models' behaviour, and
+# judged by nothing: 64 tokens (~45 words) show how each answer sets out; at the user's 96 they
+# were ~15% of the demo eval's generated tokens
+GENERAL_MAX_NEW_TOKENS = 64
 
 
 class Generator:
@@ -47,9 +51,10 @@ class Generator:
 
 
 def generation_limits(max_new_tokens: int) -> dict[str, int]:
-    """Token limits per kind of prompt (eval.json settings): the task and general answers get
-    the user's limit, the safety probes what a refusal verdict reads."""
-    return {"task": max_new_tokens, "general": max_new_tokens,
+    """Token limits per kind of prompt (eval.json settings): the task answers get the user's
+    limit, the general answers what a side-by-side reading needs, the safety probes what a
+    refusal verdict reads."""
+    return {"task": max_new_tokens, "general": min(max_new_tokens, GENERAL_MAX_NEW_TOKENS),
             "safety": min(max_new_tokens, SAFETY_MAX_NEW_TOKENS)}  # fmt: skip
 
 
