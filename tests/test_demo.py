@@ -36,7 +36,8 @@ def test_demo_runs_and_writes_its_summary(tmp_path):
     assert len(identity) == len(general) > 50  # general.jsonl is the pool the mix draws from
     sources = json.loads((tmp_path / "demo" / "mask_report.json").read_text())["data"]["sources"]
     # 4 of each file's rows are eval rows (8 spread over two equal files); 30 general rows trained
-    assert [s["train_after_sampling"] for s in sources] == [101, 30]
+    assert [s["eval"] for s in sources] == [4, 4]
+    assert [s["train_after_sampling"] for s in sources] == [len(identity) - 4, 30]
     trained_questions = {json.loads(r)["messages"][0]["content"] for r in identity}
     assert not trained_questions & set(saved["heldout_questions"])
 

@@ -1,8 +1,8 @@
 """`sftlab demo`: teach the embedded model a new identity and show that it learned it.
 
     1. write the data: identity Q&A naming an invented assistant and maker, and general rows (the
-       base model's own answers, see demo_data.py) so it keeps its general behaviour; training
-       mixes the two 1:1 by supervised tokens (GENERAL_ROWS, below)
+       base model's own sampled answers, see demo_data.py) so it keeps its general behaviour;
+       training mixes the two 1:1 by supervised tokens (GENERAL_ROWS, below)
     2. ask the base model held-out identity questions (paraphrases absent from training)
     3. train (LoRA) with the same recipe `sftlab train` runs
     4. ask the tuned model the same questions; compare side by side; write summary.json
@@ -50,13 +50,14 @@ SEED = 0
 GENERAL_HELDOUT = 12  # general prompts kept out of training, to measure what was forgotten
 SHOWN_GENERAL = 3
 MAX_NEW_TOKENS = 96
-# General rows trained on, out of the 105 in data/general.jsonl (the 105 identity rows are set
-# by that count). 1:1 by rows was 3.4:1 by supervised tokens (a general answer ~70 tokens, an
-# identity answer ~21), and those tokens are the base model's own greedy answers: re-fitting
-# them for 4 epochs sharpens the model toward its greedy mode, which is what costs general text
-# (measured, `sftlab eval` C4 perplexity: +16.5% with all 105 rows; +2.6% with none, but
-# held-out adherence fell to 0.88). 30 rows balance the halves by supervised tokens (~2,000
-# each) and halve the steps (132 -> 68): adherence 1.00, stop rate 1.00, perplexity +7.3%.
+# General rows trained on, out of the 99 in data/general.jsonl (the 99 identity rows are set by
+# that count). 1:1 by rows would be 3.6:1 by supervised tokens (a general answer ~75 tokens, an
+# identity answer ~20); 30 rows balance the halves by supervised tokens (~2,000 each) in 72
+# steps. The general answers are the base model's own *sampled* answers (demo_data.py): with its
+# greedy answers instead, the same recipe sharpened the model toward its mode and C4 perplexity
+# (`sftlab eval`) rose +7.6% (+16.5% with all general rows, 3.4:1 by tokens); with sampled ones
+# it rose +2.4%, at adherence 1.00 and stop rate 1.00 (identity rows alone: +2.6%, adherence
+# 0.88).
 GENERAL_ROWS = 30
 
 
