@@ -1,7 +1,8 @@
 """Quality bar of the heuristic rules: a labelled set built from the project's own clean
-conversations (src/sftlab/assets/demo_general.jsonl, examples/identity.jsonl) with defects
-injected per family, each row labelled. Per family: precision >= 0.95, recall >= 0.90; clean rows
-wrongly rejected <= 3%.
+conversations (tests/fixtures/data/general_answers_greedy.jsonl: the embedded model's greedy
+answers to the demo's general prompts, which the demo shipped until it switched to sampled ones;
+examples/identity.jsonl) with defects injected per family, each row labelled. Per family:
+precision >= 0.95, recall >= 0.90; clean rows wrongly rejected <= 3%.
 
 Labels come from how each row was built, never from the audit's output. Seven demo answers are
 defective as shipped (the 135M model that wrote them looped, or answered with the input); a
@@ -52,7 +53,7 @@ FOREIGN = [
 
 def clean_pool() -> list[tuple[str, str]]:
     """(prompt, answer) pairs, in file order."""
-    demo = REPO / "src" / "sftlab" / "assets" / "demo_general.jsonl"
+    demo = REPO / "tests" / "fixtures" / "data" / "general_answers_greedy.jsonl"
     pairs = [(r["prompt"], r["response"]) for r in map(json.loads, demo.read_text().splitlines())]
     identity = REPO / "examples" / "identity.jsonl"
     for row in map(json.loads, identity.read_text().splitlines()):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,13 +147,15 @@ PAIRS = [
     ("Translate 'thank you' into Spanish.", "'Thank you' in Spanish is 'gracias'."),
     ("What is 12 multiplied by 3?", "12 multiplied by 3 is 36."),
 ]
+GREEDY_ANSWERS = Path(__file__).parent / "fixtures" / "data" / "general_answers_greedy.jsonl"
 MOJIBAKE = "cafÃ© â€œnaÃ¯veâ€\x9d rÃ©sumÃ©"  # UTF-8 read as cp1252, twice over
 RANDOM_SCRIPT = "".join(random.Random(7).choice("йцшщзхъжэюбьӁӂҗ龍鬱鑿ョヶ") for _ in range(9))
 
 
 def clean_rows(n: int) -> list[Conversation]:
-    """The project's own general conversations (the demo's), shortest-first middle range."""
-    text = (files("sftlab") / "assets" / "demo_general.jsonl").read_text(encoding="utf-8")
+    """The embedded model's own greedy answers to the demo's general prompts (fluent to it, so
+    what is injected is what surprises it), shortest-first middle range."""
+    text = GREEDY_ANSWERS.read_text(encoding="utf-8")
     records = [json.loads(x) for x in text.splitlines()]
     chosen = [r for r in records if 60 <= len(r["response"]) <= 260][:n]
     return [conv(r["prompt"], r["response"], "general.jsonl", i + 1) for i, r in enumerate(chosen)]
