@@ -26,19 +26,18 @@ class Case:
                 "rows": self.rows, "target_tokens": self.target_tokens}  # fmt: skip
 
 
-# Sizes (training tokens per run) for ~90 minutes on 2 idle cores without AVX-512 (fp32 for
-# both; estimated at TRL ~45 and sftlab ~200 tokens/s: ~27 s per 1,000 tokens per pair for
-# SmolLM2 LoRA, ~1.5x that for full fine-tuning, ~3x for Gemma 3 270M; see bench/README.md).
-# The generated set is the long one: TRL trains ~5 minutes per run on it.
+# Sizes (training tokens per run): the full invocation took 53 minutes on 2 idle cores without
+# AVX-512 (fp32 for both; measured 2026-11-30: TRL ~110-140 and sftlab ~145-195 tokens/s on
+# SmolLM2 LoRA). The generated set is the longest: TRL ~2 minutes per run on it.
 CASES = {
-    "generated": Case("generated", "generated"),  # all ~170 rows; its 3 pairs are the 3 seeds
+    "generated": Case("generated", "generated"),  # all ~160 rows; its 3 pairs are the 3 seeds
     "alpaca": Case("alpaca", "alpaca", target_tokens=7_000),
     "multiturn": Case("multiturn", "multiturn", max_length=1024, target_tokens=7_000),
     "longrow": Case("longrow", "longrow", max_length=2048, target_tokens=7_000),
     "generated_full": Case("generated_full", "generated", method="full", target_tokens=5_000),
     "gemma": Case("gemma", "instruct", model="gemma3-270m", target_tokens=3_000),
-    # not in the default set: sftlab trains ~5 minutes (TRL ~20) per run, for one-time costs
-    # such as compiling to count as in a user's run; ~80 min alone
+    # not in the default set: sftlab trains ~5 minutes (TRL ~7.5) per run, for one-time costs
+    # such as compiling to count as in a user's run; ~40 min alone
     "alpaca_long": Case("alpaca_long", "alpaca", target_tokens=60_000),
 }
 FULL = ("generated", "alpaca", "multiturn", "longrow", "generated_full", "gemma")
