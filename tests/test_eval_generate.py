@@ -64,6 +64,17 @@ def one_at_a_time(model, renderer, conv, stop_ids, limit) -> list[int]:
     return ids[:cut]
 
 
+def tiny_renderer():
+    """The tiny ChatML tokenizer's renderer and its end-of-turn stop id."""
+    from sftlab.config import TemplateConfig
+    from sftlab.template.format import build_chat_format
+    from sftlab.template.render import Renderer
+
+    tokenizer = make_tiny_tokenizer()
+    fmt = build_chat_format(tokenizer, TemplateConfig())
+    return Renderer(tokenizer, fmt), [fmt.end_of_turn_id]
+
+
 @pytest.fixture(scope="module")
 def smol():
     from sftlab.config import TemplateConfig
@@ -154,13 +165,7 @@ def test_shared_prefix_keeps_every_prompts_last_token():
 def test_sampling_draws_from_the_models_distribution():
     """The first sampled token of one prompt, over 600 draws, has the frequencies of
     softmax(logits / temperature) (each within 5 standard errors); a tiny temperature is greedy."""
-    from sftlab.config import TemplateConfig
-    from sftlab.template.format import build_chat_format
-    from sftlab.template.render import Renderer
-
-    tokenizer = make_tiny_tokenizer()
-    fmt = build_chat_format(tokenizer, TemplateConfig())
-    renderer, stop_ids = Renderer(tokenizer, fmt), [fmt.end_of_turn_id]
+    renderer, stop_ids = tiny_renderer()
     model = make_tiny_model().eval()
     prompt = user_turn("abc")
     ids = torch.tensor([renderer.encode_prompt(prompt)])
@@ -180,13 +185,7 @@ def test_sampling_draws_from_the_models_distribution():
 def test_a_generation_config_that_changes_greedy_goes_through_transformers():
     """A repetition penalty in the model's generation_config is applied, as transformers'
     generate() applies it: the answer is the penalised one, not plain argmax."""
-    from sftlab.config import TemplateConfig
-    from sftlab.template.format import build_chat_format
-    from sftlab.template.render import Renderer
-
-    tokenizer = make_tiny_tokenizer()
-    fmt = build_chat_format(tokenizer, TemplateConfig())
-    renderer, stop_ids = Renderer(tokenizer, fmt), [fmt.end_of_turn_id]
+    renderer, stop_ids = tiny_renderer()
     model = make_tiny_model().eval()
     plain = generate(model, renderer, [user_turn("abc")], stop_ids, 12)[0]
     model.generation_config.repetition_penalty = 50.0

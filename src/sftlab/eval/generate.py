@@ -92,7 +92,8 @@ def generate(
                              stop_ids, pad, temperature)  # fmt: skip
             _collect(out, chunk, rows, tokenizer, stop_ids)
         return out
-    groups = decode_groups(chunks, batch_size) if _mergeable(model) else [[c] for c in chunks]
+    mergeable = _full_attention(DynamicCache(config=model.config))
+    groups = decode_groups(chunks, batch_size) if mergeable else [[c] for c in chunks]
     for group in groups:
         order = [i for chunk in group for i in chunk]
         rows = _decode(model, [[prompts[i] for i in chunk] for chunk in group],
@@ -220,7 +221,7 @@ def _prefill(model, prompts, pad, device):
     the rest of each prompt follows it, left-padded. The pads then sit between the prefix and
     the rest: masked out, and the positions count real tokens only, as generate()'s do."""
     cache = DynamicCache(config=model.config)
-    if _mergeable(model):
+    if _full_attention(cache):
         cache.layers = [ReservedLayer() for _ in cache.layers]
     shared = shared_prefix(prompts) if len(prompts) > 1 else 0
     shared = shared if shared >= MIN_SHARED else 0
@@ -238,10 +239,11 @@ def _prefill(model, prompts, pad, device):
     return cache, logits, mask, positions[:, -1:]
 
 
-def _mergeable(model) -> bool:
-    """Whether prefilled caches can be joined by left-padding: plain full-attention layers only
-    (a sliding-window layer, as in Gemma 3, keeps its own count of what it has seen)."""
-    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+def _full_attention(cache: DynamicCache) -> bool:
+    """Whether a fresh cache holds plain full-attention layers only, which can be joined by
+    left-padding and given reserved room (a sliding-window layer, as in Gemma 3, keeps its own
+    count of what it has seen)."""
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
 def _merge(states):
