@@ -143,5 +143,18 @@ def test_batch_shapes_hold_the_same_tokens_per_step():
     assert common.trl_batching(4, False, 512, 85.0) == (6, 4)
     # long rows (packed to 2,048): one row per step, however many micro-batches were asked for
     assert common.trl_batching(4, True, 2048, 1500.0) == (1, 1)
-    assert common.sftlab_batching(512) == (1024, 2)
+    assert common.sftlab_batching(512) == (512, 4)
     assert common.sftlab_batching(2048) == (2048, 1)
+
+
+@pytest.mark.parametrize("max_length", [256, 512, 1024, 2048])
+def test_the_bench_gives_sftlab_its_own_default_batching(max_length):
+    # The sftlab child is handed (batch_tokens, grad_accum) explicitly; they must be what
+    # sftlab picks by itself, or the bench would measure a tuned sftlab, not its defaults.
+    from sftlab.config import DEFAULT_STEP_TOKENS, load_config
+
+    base = {"data": {"sources": [{"path": "x.jsonl"}]}}
+    config = load_config(None, [f"template.max_length={max_length}"], base=base)
+    assert common.TOKENS_PER_STEP == DEFAULT_STEP_TOKENS
+    mine = (config.micro_batch_tokens(), config.micro_batches_per_step())
+    assert common.sftlab_batching(max_length) == mine

@@ -541,10 +541,16 @@ def test_batch_tokens_below_max_length_is_a_problem_not_raised_silently(tmp_path
     ), problems
 
 
-def test_batch_tokens_default_holds_one_full_row():
+def test_batch_tokens_default_holds_one_full_row_and_a_step_2048_tokens():
     data = {"data": {"sources": [{"path": "x.jsonl"}]}}
-    assert load_config(None, base=data).micro_batch_tokens() == 1024
-    longer = load_config(None, ["template.max_length=4096"], base=data)
-    assert longer.train.batch_tokens is None and longer.micro_batch_tokens() == 4096
-    chosen = load_config(None, ["train.batch_tokens=3000", "template.max_length=512"], base=data)
-    assert chosen.micro_batch_tokens() == 3000
+
+    def batching(*overrides):
+        config = load_config(None, list(overrides), base=data)
+        return config.micro_batch_tokens(), config.micro_batches_per_step()
+
+    assert batching() == (1024, 2)  # template.max_length defaults to 1024
+    assert batching("template.max_length=512") == (512, 4)
+    assert batching("template.max_length=4096") == (4096, 1)  # one full row, even past 2,048
+    assert batching("train.batch_tokens=3000", "template.max_length=512") == (3000, 1)
+    assert batching("template.max_length=256", "train.batch_tokens=256") == (256, 8)
+    assert batching("template.max_length=256", "train.grad_accum=3") == (512, 3)

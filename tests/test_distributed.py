@@ -139,19 +139,26 @@ def tiny_config(tmp_path: Path, model_dir: Path, eval_rows: int = 1, **train) ->
         "data": {"sources": [{"path": str(write_data(tmp_path))}], "eval_rows": eval_rows},
         "template": {"max_length": 64},
         "lora": {"r": 4, "alpha": 8},
-        "train": {"epochs": 1, "batch_tokens": 64, "lr": 1e-2, "precision": "fp32", **train},
+        "train": {
+            "epochs": 1,
+            "batch_tokens": 64,
+            "grad_accum": 2,
+            "lr": 1e-2,
+            "precision": "fp32",
+            **train,
+        },
     }
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def micro_batches(config_path: Path) -> tuple[int, int]:
-    """(train, eval) micro-batch counts of this config's first epoch, from the library's own
-    plan: the preconditions this file's cases rely on."""
+def first_epoch_plan(config_path: Path, micro_per_step: int) -> tuple[list, int]:
+    """(the train steps' micro-batches, the eval micro-batch count) of this config's first
+    epoch, from the library's own plan: the preconditions this file's cases rely on."""
     from sftlab.config import load_config
     from sftlab.model.device import resolve_packing
-    from sftlab.pack.collate import group_by_budget
+    from sftlab.pack.collate import group_by_budget, plan_epoch
     from sftlab.pack.packing import build_rows
     from sftlab.recipes.prepare import prepare_data
 
@@ -159,20 +166,21 @@ def micro_batches(config_path: Path) -> tuple[int, int]:
     prepared = prepare_data(config, config_path.parent, say=lambda *a: None)
     max_length, packing = config.template.max_length, resolve_packing(config.pack.enabled, "cpu")
     budget = max(config.train.batch_tokens, max_length)
-    count = [
-        len(group_by_budget([len(r) for r in build_rows(part, max_length, packing)], budget,
-                            np.random.default_rng(0)))
+    train, evals = (
+        [len(r) for r in build_rows(part, max_length, packing)]
         for part in (prepared.train, prepared.eval)
-    ]  # fmt: skip
-    return count[0], count[1]
+    )
+    steps = plan_epoch(train, budget, micro_per_step, config.train.seed, 0).steps
+    return steps, len(group_by_budget(evals, budget, np.random.default_rng(0)))
 
 
 def test_two_processes_match_one_with_uneven_train_and_eval_splits(tmp_path, tiny_model_dir):
     path = tiny_config(tmp_path, tiny_model_dir)
-    train_groups, eval_groups = micro_batches(path)
-    # Odd: the epoch's last step has one micro-batch, so process 1 has none of its own (it used
-    # to repeat rows from the start of the epoch); one eval micro-batch for two processes.
-    assert train_groups % 2 == 1 and eval_groups == 1
+    steps, eval_groups = first_epoch_plan(path, micro_per_step=2)
+    # Steps with an odd number of micro-batches leave process 1 without one of its own in their
+    # last pass (it used to repeat rows from the start of the epoch); one eval micro-batch for
+    # two processes.
+    assert any(len(step) % 2 == 1 for step in steps) and eval_groups == 1
     single = run_one("train", str(path), f"output_dir={tmp_path / 'one'}", "train.grad_accum=2")
     assert single.returncode == 0, single.stderr[-3000:]
     double = Torchrun(tmp_path / "launch", "train", str(path), f"output_dir={tmp_path / 'two'}",
@@ -180,7 +188,7 @@ def test_two_processes_match_one_with_uneven_train_and_eval_splits(tmp_path, tin
     assert double.returncode == 0, double.stderr[-3000:]
 
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
-    assert len(one) == len(two) == (train_groups + 1) // 2  # the whole epoch
+    assert len(one) == len(two) == len(steps)  # the whole epoch
     assert one == pytest.approx(two, rel=1e-5)
     assert eval_losses(tmp_path / "one") == pytest.approx(eval_losses(tmp_path / "two"), rel=1e-5)
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
@@ -227,10 +235,10 @@ def test_sigterm_to_one_process_stops_both_with_a_checkpoint_then_resumes(tmp_pa
 
 @pytest.mark.real
 def test_readme_example_config_under_torchrun_finishes(tmp_path, smol_path):
-    # The user's command from the README, shortened to one step of one micro-batch per process.
-    # Its eval split is one micro-batch for two processes: the case that used to hang.
+    # The user's command from the README, shortened to one step of about one micro-batch per
+    # process. Its eval split is one micro-batch for two processes: the case that used to hang.
     example = REPO / "configs" / "example.yaml"
-    assert micro_batches(example)[1] == 1
+    assert first_epoch_plan(example, micro_per_step=2)[1] == 1
     done = Torchrun(tmp_path / "launch", "train", str(example), f"output_dir={tmp_path / 'run'}",
                     "train.max_steps=1", "train.grad_accum=1").wait(timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -160,7 +160,7 @@ def test_a_run_directory_defaults_to_its_eval_split_base_model_and_training_exam
         "lora": {"r": 4, "alpha": 8},
         "train": {
             "max_steps": 1,
-            "batch_tokens": 256,
+            "batch_tokens": 256, "grad_accum": 2,
             "precision": "fp32",
             "probes": {"prompts": 0},
         },

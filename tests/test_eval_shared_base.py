@@ -31,7 +31,7 @@ def adapter_run(tmp_path_factory, tiny_model_dir):
         "data": {"sources": [{"path": str(root / "chat.jsonl")}], "eval_rows": 3},
         "template": {"max_length": 128},
         "lora": {"r": 4, "alpha": 8},
-        "train": {"max_steps": 1, "batch_tokens": 256, "precision": "fp32",
+        "train": {"max_steps": 1, "batch_tokens": 256, "grad_accum": 2, "precision": "fp32",
                   "probes": {"prompts": 0}},
     }  # fmt: skip
     (root / "cfg.yaml").write_text(yaml.safe_dump(config))

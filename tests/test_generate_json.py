@@ -85,7 +85,7 @@ def tiny_run(tmp_path_factory):
         "output_dir": str(folder / "run"), "model": {"name": str(folder / "tiny")},
         "data": {"sources": [{"path": str(data)}], "eval_rows": 1},
         "template": {"max_length": 64}, "lora": {"r": 2, "alpha": 4},
-        "train": {"max_steps": 1, "batch_tokens": 256},
+        "train": {"max_steps": 1, "batch_tokens": 256, "grad_accum": 2},
     })  # fmt: skip
     return train(config)
 

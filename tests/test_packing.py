@@ -6,6 +6,7 @@ random inputs (every index once, nothing over capacity, the BFD quality bound).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 
@@ -14,7 +15,13 @@ import pytest
 import torch
 
 from sftlab.core.types import IGNORE_INDEX, PackedRow, RowRef, TokenizedExample
-from sftlab.pack.collate import collate, group_by_budget, plan_epoch, rank_share
+from sftlab.pack.collate import (
+    collate,
+    group_by_budget,
+    plan_epoch,
+    rank_share,
+    sorted_groups,
+)
 from sftlab.pack.packing import (
     best_fit_decreasing,
     build_rows,
@@ -287,6 +294,45 @@ def test_group_by_budget_exact_small_case():
     _check_groups(groups, lengths, 10)
 
 
+def test_sorted_groups_takes_the_fewest_micro_batches_then_the_least_padding():
+    # Hand-worked. [10 30 30 30] in 90: two micro-batches at least; filling greedily gives
+    # [10 30 30] [30] = 90 + 30 padded tokens, [10] [30 30 30] = 10 + 90.
+    assert sorted_groups(range(4), [10, 30, 30, 30], 90) == [[0], [1, 2, 3]]
+    # One micro-batch fits (5 x 100 = 500): one pass beats less padding.
+    assert sorted_groups(range(5), [10, 10, 10, 100, 100], 500) == [[0, 1, 2, 3, 4]]
+    # [10 10 40 45 50] in 100: [10 10] [40 45] [50]; no cut into two fits.
+    assert sorted_groups(range(5), [10, 10, 40, 45, 50], 100) == [[0, 1], [2, 3], [4]]
+    # Only the rows asked for, by length; a row over the budget goes alone.
+    assert sorted_groups([3, 1, 0], [5, 7, 0, 2], 10) == [[3, 0], [1]]  # 2 x 5 = 10
+    assert sorted_groups([0, 1], [30, 4], 10) == [[1], [0]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sorted_groups_is_the_best_of_every_cut(seed):
+    # Against brute force: every way to cut the sorted rows into runs that fit the budget.
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        lengths = [int(x) for x in rng.integers(1, 60, size=int(rng.integers(1, 9)))]
+        budget = int(rng.integers(60, 200))
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+
+        def cost(groups, lengths=lengths):
+            return len(groups), sum(len(g) * max(lengths[i] for i in g) for g in groups)
+
+        best = None
+        for cuts in itertools.product([False, True], repeat=len(order) - 1):
+            groups, current = [], [order[0]]
+            for i, cut in zip(order[1:], cuts, strict=True):
+                if cut:
+                    groups.append(current)
+                    current = []
+                current.append(i)
+            groups.append(current)
+            if all(len(g) == 1 or cost([g])[1] <= budget for g in groups):
+                best = cost(groups) if best is None else min(best, cost(groups))
+        assert cost(sorted_groups(range(len(lengths)), lengths, budget)) == best
+
+
 def test_group_by_budget_is_deterministic_per_seed_and_varies_across_seeds():
     lengths = [int(x) for x in np.random.default_rng(5).integers(1, 64, size=80)]
     a = group_by_budget(lengths, 128, np.random.default_rng(11))
@@ -311,10 +357,32 @@ def test_plan_epoch_same_seed_epoch_same_plan_other_epoch_other_plan():
     assert p1.steps != p3.steps
     assert p1.steps != p4.steps
     for plan in (p1, p3, p4):
-        # Every row exactly once per epoch, steps of micro_per_step groups.
+        # Every row exactly once per epoch; a step holds up to 200 x 4 tokens, and every step
+        # but the last is full (the row after it did not fit); micro-batches fit the budget.
         assert sorted(i for step in plan.steps for g in step for i in g) == list(range(60))
-        assert all(len(step) == 4 for step in plan.steps[:-1])
-        assert 1 <= len(plan.steps[-1]) <= 4
+        tokens = [sum(lengths[i] for g in step for i in g) for step in plan.steps]
+        assert all(t <= 800 for t in tokens)
+        assert all(t > 800 - max(lengths) for t in tokens[:-1])
+        assert all(len(g) * max(lengths[i] for i in g) <= 200 for st in plan.steps for g in st)
+
+
+def test_plan_epoch_steps_are_random_samples_not_one_kind_of_row():
+    # Two kinds whose lengths differ, as a persona set mixed 1:1 with general answers: 100 rows
+    # of 40 tokens and 100 of 160, steps of 1,024 tokens. Grouping the epoch by length would
+    # make each micro-batch one kind; each step here must carry both, near the data's mix.
+    lengths = [40] * 100 + [160] * 100
+    for seed in range(3):
+        plan = plan_epoch(lengths, 512, micro_per_step=2, seed=seed, epoch=0)
+        full = plan.steps[:-1]
+        long_share = [sum(lengths[i] for g in st for i in g if i >= 100)
+                      / sum(lengths[i] for g in st for i in g) for st in full]  # fmt: skip
+        overall = 160 / (160 + 40)
+        assert all(0 < share < 1 for share in long_share)
+        assert abs(float(np.mean(long_share)) - overall) < 0.05
+        # Within a step, micro-batches are by length: the short rows share a micro-batch.
+        for step in full:
+            kinds = [{i >= 100 for i in g} for g in step]
+            assert sum(len(k) == 2 for k in kinds) <= 1  # at most the one at the boundary
 
 
 def test_plan_epoch_keeps_a_short_last_step_short():

@@ -28,7 +28,8 @@ def smol_run(tmp_path_factory):
         "output_dir": str(folder / "run"),
         "data": {"sources": [{"path": str(data)}], "eval_rows": 6},
         "template": {"system_prompt": "You are a helpful assistant.", "max_length": 256},
-        "train": {"max_steps": 8, "batch_tokens": 512, "lr": 1e-3, "warmup_ratio": 0.0},
+        "train": {"epochs": 4, "max_steps": 8, "batch_tokens": 512, "grad_accum": 2, "lr": 1e-3,
+                  "warmup_ratio": 0.0},
         "export": {"merged": True},
     })  # fmt: skip
     return train(config)

@@ -39,7 +39,7 @@ def tiny_config(tmp_path: Path, model_dir: Path, *overrides: str):
         "data": {"sources": [{"path": str(data)}], "eval_rows": 3},
         "template": {"max_length": 128},
         "lora": {"r": 4, "alpha": 8},
-        "train": {"max_steps": 4, "batch_tokens": 256, "lr": 1e-2, "precision": "fp32"},
+        "train": {"max_steps": 4, "batch_tokens": 256, "grad_accum": 2, "lr": 1e-2, "precision": "fp32"},
     }
     return load_config(None, list(overrides), base=base)
 

@@ -22,7 +22,7 @@ from sftlab.export.artifacts import load_run
 from sftlab.recipes.sft import train
 from test_recipe_smoke import write_data
 
-TRAIN = {"max_steps": 2, "batch_tokens": 256, "lr": 1e-2, "precision": "fp32"}
+TRAIN = {"max_steps": 2, "batch_tokens": 256, "grad_accum": 2, "lr": 1e-2, "precision": "fp32"}
 
 
 def cli(*args, cwd: Path) -> subprocess.CompletedProcess:

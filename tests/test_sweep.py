@@ -27,7 +27,7 @@ def test_sweep_trains_each_rate_and_names_the_best(tmp_path, tiny_model_dir):
         "name": "tiny", "model": {"name": str(tiny_model_dir)},
         "data": {"sources": [{"path": str(write_data(tmp_path))}], "eval_rows": 3},
         "template": {"max_length": 128}, "lora": {"r": 4, "alpha": 8},
-        "train": {"batch_tokens": 256, "precision": "fp32", "probes": {"prompts": 2, "max_new_tokens": 8}},
+        "train": {"batch_tokens": 256, "grad_accum": 2, "precision": "fp32", "probes": {"prompts": 2, "max_new_tokens": 8}},
     }))  # fmt: skip
     out = sweep(config, [1e-5, 1e-2], [], tmp_path / "sweep", max_steps=3)
     result = json.loads((out / "compare.json").read_text())

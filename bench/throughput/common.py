@@ -48,9 +48,9 @@ def warmup_steps(total: int) -> int:
 
 
 def sftlab_batching(max_length: int) -> tuple[int, int]:
-    """sftlab's (batch_tokens, grad_accum) for TOKENS_PER_STEP: its defaults (1024 x 2) unless a
-    row can be longer than 1024, when one micro-batch must hold a full row."""
-    batch_tokens = max(1024, max_length)
+    """sftlab's (batch_tokens, grad_accum) for TOKENS_PER_STEP, as its defaults set them: 512-token
+    micro-batches, or one full row when rows can be longer (sftlab.config.micro_batches_per_step)."""
+    batch_tokens = max(512, max_length)
     return batch_tokens, max(1, TOKENS_PER_STEP // batch_tokens)
 
 

@@ -30,7 +30,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--quick", action="store_true", help="the generated set only, 60 rows, 2 pairs (<10 min)"
     )
     p.add_argument(
-        "--cases", help=f"comma-separated cases (default: {','.join(plan.FULL)}; also: alpaca_long)"
+        "--cases", help=f"comma-separated cases (default: all, {','.join(plan.FULL)})"
     )
     p.add_argument("--pairs", type=int, help="ABBA pairs per case (default 3; --quick 2)")
     p.add_argument("--rows", type=int, help="training rows per case instead of the default sizes")

@@ -26,9 +26,9 @@ class Case:
                 "rows": self.rows, "target_tokens": self.target_tokens}  # fmt: skip
 
 
-# Sizes (training tokens per run): the full invocation took 53 minutes on 2 idle cores without
-# AVX-512 (fp32 for both; measured 2026-11-30: TRL ~110-140 and sftlab ~145-195 tokens/s on
-# SmolLM2 LoRA). The generated set is the longest: TRL ~2 minutes per run on it.
+# Sizes (training tokens per run), from rates measured on 2 idle cores without AVX-512 (fp32 for
+# both; 2026-11-30: TRL ~105-140 and sftlab ~145-200 tokens/s on SmolLM2 LoRA). The six short
+# cases took 53 minutes; alpaca_long adds ~30, so the full invocation stays near 90.
 CASES = {
     "generated": Case("generated", "generated"),  # all ~160 rows; its 3 pairs are the 3 seeds
     "alpaca": Case("alpaca", "alpaca", target_tokens=7_000),
@@ -36,11 +36,11 @@ CASES = {
     "longrow": Case("longrow", "longrow", max_length=2048, target_tokens=7_000),
     "generated_full": Case("generated_full", "generated", method="full", target_tokens=5_000),
     "gemma": Case("gemma", "instruct", model="gemma3-270m", target_tokens=3_000),
-    # not in the default set: sftlab trains ~5 minutes (TRL ~7.5) per run, for one-time costs
-    # such as compiling to count as in a user's run; ~40 min alone
-    "alpaca_long": Case("alpaca_long", "alpaca", target_tokens=60_000),
+    # a user's run length: ~4 minutes for sftlab and ~5.5 for TRL per run at those rates, so
+    # one-time costs (loading, warm-up, compiling) weigh as they do in real use
+    "alpaca_long": Case("alpaca_long", "alpaca", target_tokens=45_000),
 }
-FULL = ("generated", "alpaca", "multiturn", "longrow", "generated_full", "gemma")
+FULL = tuple(CASES)
 QUICK = {"generated": Case("generated", "generated", rows=60, pairs=2)}
 
 

@@ -213,7 +213,8 @@ def setup(config: RunConfig, prepared: Prepared, accelerator, device_type: str, 
     settings = loop.LoopSettings(
         peak_lr=t.peak_lr(), total_steps=0, warmup_steps=0, schedule=t.schedule,
         min_lr_ratio=t.min_lr_ratio, max_grad_norm=t.max_grad_norm,
-        batch_tokens=config.micro_batch_tokens(), micro_per_step=t.grad_accum * world,
+        batch_tokens=config.micro_batch_tokens(),
+        micro_per_step=config.micro_batches_per_step() * world,
         seed=t.seed, pad_id=pad_id(prepared.tokenizer), eval_every=t.eval_every,
         skip_nonfinite=t.skip_nonfinite,
     )  # fmt: skip

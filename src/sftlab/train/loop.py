@@ -79,14 +79,14 @@ class NonFiniteLoss(SftlabError):
     pass
 
 
-def steps_per_epoch(rows: Sequence[PackedRow], s: LoopSettings) -> int:
-    return len(
-        plan_epoch([len(r) for r in rows], s.batch_tokens, s.micro_per_step, s.seed, 0).steps
-    )
-
-
 def total_steps_for(rows, s: LoopSettings, epochs: float, max_steps: int | None) -> int:
-    total = math.ceil(epochs * steps_per_epoch(rows, s))
+    """The steps of `epochs` epochs (a fraction: that share of the last one's steps). Each
+    epoch's plan is a new sample, so epochs can differ by a step: each is counted."""
+    lengths, total, epoch = [len(r) for r in rows], 0, 0
+    while epoch < epochs:
+        steps = len(plan_epoch(lengths, s.batch_tokens, s.micro_per_step, s.seed, epoch).steps)
+        total += math.ceil(min(1.0, epochs - epoch) * steps)
+        epoch += 1
     return min(total, max_steps) if max_steps else total
 
 
