@@ -165,7 +165,7 @@ def first_epoch_plan(config_path: Path, micro_per_step: int) -> tuple[list, int]
     config = load_config(config_path, [])
     prepared = prepare_data(config, config_path.parent, say=lambda *a: None)
     max_length, packing = config.template.max_length, resolve_packing(config.pack.enabled, "cpu")
-    budget = max(config.train.batch_tokens, max_length)
+    budget = config.micro_batch_tokens()
     train, evals = (
         [len(r) for r in build_rows(part, max_length, packing)]
         for part in (prepared.train, prepared.eval)
